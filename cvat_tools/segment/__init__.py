@@ -1,0 +1,1 @@
+"""Stage 1: find every WBC in a field and give its mask (classical watershed or Mask R-CNN)."""

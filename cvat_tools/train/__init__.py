@@ -1,0 +1,1 @@
+"""Data sets, augmentations, training loops and evaluation metrics."""
