@@ -158,3 +158,13 @@ def load_bundle(
         k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()
     }
     return Bundle(path=path, manifest=manifest, state_dict=state)
+
+
+# Bundles that ship with the package (see cvat_tools/weights/MODEL_CARD.md).
+SHIPPED = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_bundle(kind: str) -> Path | None:
+    """Path of the shipped bundle of ``kind`` (segmenter, classifier, refiner), or None."""
+    path = SHIPPED / kind
+    return path if (path / MANIFEST).is_file() else None
