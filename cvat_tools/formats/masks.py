@@ -1,0 +1,394 @@
+"""The one mask codec of the project: polygon <-> bitmap <-> CVAT RLE / COCO RLE / Nuclio mask.
+
+Coordinate convention (CVAT's): pixel (row i, column j) covers the square [j, j+1) x [i, i+1);
+polygon vertices are continuous coordinates in that frame. A polygon is rasterized by the
+pixel-centre rule (pixel (i, j) is inside when (j + 0.5, i + 0.5) is), and a bitmap is traced
+back to a polygon through the centres of its boundary pixels, so rasterize(trace(mask)) gives
+the mask back (exactly before simplification, within ``tolerance`` px after it).
+
+Wire formats, each pinned to its reference:
+
+* CVAT for images 1.1 XML ``<mask rle="..." left= top= width= height=>``: run lengths over the
+  crop, row-major, starting with a background run (0 when the crop starts with foreground).
+* CVAT REST/SDK ``points`` of a ``mask`` shape: the same runs over the tight bounding box of the
+  full-image bitmap, followed by ``[x1, y1, x2, y2]`` (inclusive). :func:`encode_cvat_mask` /
+  :func:`decode_cvat_mask` agree exactly with ``cvat_sdk.masks.encode_mask/decode_mask``
+  (tests/test_masks.py checks it on random bitmaps).
+* Nuclio detector responses (``{"type": "mask", "mask": [...]}``): the flat row-major 0/1
+  bitmap of the crop followed by ``[xtl, ytl, xbr, ybr]`` (inclusive). This is what CVAT's
+  ``serverless/openvino/base/shared.py::to_cvat_mask`` builds
+  (``mask[ytl:ybr + 1, xtl:xbr + 1].flat[:].tolist() + [xtl, ytl, xbr, ybr]``) and what
+  ``cvat/apps/lambda_manager/views.py::_call_detector`` reads back: it takes
+  ``points[-4:]`` as the box and run-length encodes ``points[:-4]`` with datumaro's
+  ``mask_to_rle``.
+* COCO RLE (``{"size": [h, w], "counts": ...}``): column-major runs starting with zeros,
+  ``counts`` either a list (uncompressed) or pycocotools' compressed string (written here without
+  pycocotools; it is only the tests' oracle).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from .annotations import Mask
+
+# Fixed-point bits for cv2.fillPoly: vertices keep 1/256 px precision.
+_SHIFT = 8
+
+Point = tuple[float, float]
+
+
+# ---------------------------------------------------------------------------------------------
+# polygon <-> bitmap
+
+
+def polygon_to_mask(points: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """Full-image bool bitmap (height x width) of a polygon, by the pixel-centre rule.
+
+    Fewer than 3 vertices (or none finite) gives an empty mask; parts outside the image are cut.
+    """
+    mask = np.zeros((int(height), int(width)), dtype=np.uint8)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+    if len(pts) < 3 or not np.isfinite(pts).all():
+        return mask.astype(bool)
+    # Pixel centres sit at integer coordinates for OpenCV, at +0.5 for CVAT: shift by -0.5.
+    fixed = np.round((pts - 0.5) * (1 << _SHIFT)).astype(np.int64)
+    limit = np.iinfo(np.int32).max // 2
+    fixed = np.clip(fixed, -limit, limit).astype(np.int32)
+    cv2.fillPoly(mask, [fixed.reshape(-1, 1, 2)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    return mask.astype(bool)
+
+
+def _component_area(contour: np.ndarray) -> int:
+    """Pixels enclosed by a traced contour (holes included), counted on a small canvas."""
+    x, y, w, h = cv2.boundingRect(contour)
+    canvas = np.zeros((h, w), dtype=np.uint8)
+    cv2.drawContours(canvas, [contour - np.array([x, y], dtype=contour.dtype)], -1, 1, thickness=-1)
+    return int(canvas.sum())
+
+
+def mask_to_polygons(
+    bitmap: np.ndarray,
+    left: int = 0,
+    top: int = 0,
+    tolerance: float = 1.0,
+    min_area: int = 4,
+) -> list[list[Point]]:
+    """Outer contours of a bitmap as polygons in image coordinates, largest first.
+
+    ``bitmap`` is placed with its top-left pixel at (left, top). Contours are simplified with
+    Douglas-Peucker at ``tolerance`` px (0 keeps every boundary pixel); components enclosing
+    fewer than ``min_area`` pixels are dropped; holes are ignored (a cell has none).
+    """
+    bitmap = np.asarray(bitmap).astype(bool)
+    if bitmap.ndim != 2 or not bitmap.any():
+        return []
+    # One pixel of padding: contours touching the crop's edge are traced like any other.
+    padded = np.pad(bitmap, 1).astype(np.uint8)
+    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    found: list[tuple[int, list[Point]]] = []
+    for contour in contours:
+        area = _component_area(contour)
+        if area < min_area:
+            continue
+        simple = cv2.approxPolyDP(contour, tolerance, True) if tolerance > 0 else contour
+        if len(simple) < 3:
+            simple = contour  # a thin sliver: keep the full trace rather than lose it
+        if len(simple) < 3:
+            continue
+        pts = simple.reshape(-1, 2).astype(np.float64)
+        # padding offset (-1), pixel centre (+0.5), crop origin.
+        xs = pts[:, 0] - 1 + 0.5 + left
+        ys = pts[:, 1] - 1 + 0.5 + top
+        found.append((area, [(float(x), float(y)) for x, y in zip(xs, ys)]))
+    found.sort(key=lambda item: -item[0])
+    return [poly for _, poly in found]
+
+
+def mask_to_polygon(
+    bitmap: np.ndarray,
+    left: int = 0,
+    top: int = 0,
+    tolerance: float = 1.0,
+    min_area: int = 4,
+) -> list[Point] | None:
+    """The largest outer contour of :func:`mask_to_polygons`, or None for an empty mask."""
+    polygons = mask_to_polygons(bitmap, left, top, tolerance, min_area)
+    return polygons[0] if polygons else None
+
+
+def polygon_area(points: Sequence[Sequence[float]]) -> float:
+    """Shoelace area (absolute) of a simple polygon in px^2."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 3:
+        return 0.0
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
+def polygon_bbox(points: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of the vertices."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
+
+
+def repair_polygon(points: Sequence[Sequence[float]], width: int, height: int) -> list[list[Point]]:
+    """Valid pieces of a polygon inside the image: [] when nothing with area remains.
+
+    A valid polygon inside the image comes back unchanged (same vertices, same order), so
+    clean annotations round-trip exactly. Otherwise shapely's ``make_valid`` splits
+    self-intersections (a bowtie becomes two triangles), the result is clipped to the image
+    and pieces without area are dropped. Holes are dropped: cells have none, and no format
+    here stores them. Never raises on degenerate input.
+    """
+    from shapely.geometry import Polygon as ShapelyPolygon
+    from shapely.geometry import box
+    from shapely.validation import make_valid
+
+    try:
+        pts = [(float(x), float(y)) for x, y in points]
+    except (TypeError, ValueError):
+        return []
+    if len(pts) < 3 or not all(math.isfinite(v) for p in pts for v in p):
+        return []
+    try:
+        poly = ShapelyPolygon(pts)
+        frame = box(0, 0, width, height)
+        if poly.is_valid and poly.area > 0 and frame.covers(poly):
+            return [pts]
+        fixed = make_valid(poly).intersection(frame)
+    except Exception:  # shapely/GEOS refuses some pathological inputs; report, don't crash
+        return []
+    pieces = []
+    for geom in getattr(fixed, "geoms", [fixed]):
+        for part in getattr(geom, "geoms", [geom]):
+            if part.geom_type == "Polygon" and part.area > 1e-9:
+                ring = list(part.exterior.coords)[:-1]
+                if len(ring) >= 3:
+                    pieces.append((part.area, [(float(x), float(y)) for x, y in ring]))
+    pieces.sort(key=lambda item: -item[0])
+    return [ring for _, ring in pieces]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask (crop + origin) helpers
+
+
+def mask_from_bitmap(full_bitmap: np.ndarray) -> Mask | None:
+    """Tight crop of a full-image bitmap as a :class:`Mask`, or None when it is empty."""
+    full_bitmap = np.asarray(full_bitmap).astype(bool)
+    ys, xs = np.nonzero(full_bitmap)
+    if ys.size == 0:
+        return None
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    return Mask(bitmap=full_bitmap[y0:y1, x0:x1].copy(), left=x0, top=y0)
+
+
+def mask_to_full(mask: Mask, width: int, height: int) -> np.ndarray:
+    """Full-image bool bitmap of a :class:`Mask`; parts outside the image are cut."""
+    full = np.zeros((int(height), int(width)), dtype=bool)
+    bm = np.asarray(mask.bitmap).astype(bool)
+    y0, x0 = max(mask.top, 0), max(mask.left, 0)
+    y1, x1 = min(mask.top + bm.shape[0], height), min(mask.left + bm.shape[1], width)
+    if y1 > y0 and x1 > x0:
+        full[y0:y1, x0:x1] = bm[y0 - mask.top:y1 - mask.top, x0 - mask.left:x1 - mask.left]
+    return full
+
+
+def mask_tight(mask: Mask) -> Mask | None:
+    """The same mask cropped to its foreground's bounding box, or None when empty."""
+    inner = mask_from_bitmap(mask.bitmap)
+    if inner is None:
+        return None
+    return Mask(bitmap=inner.bitmap, left=mask.left + inner.left, top=mask.top + inner.top)
+
+
+# ---------------------------------------------------------------------------------------------
+# CVAT run lengths
+
+
+def _runs(flat: np.ndarray) -> list[int]:
+    """Alternating run lengths of a flat bool array, background run first (maybe 0)."""
+    flat = np.asarray(flat, dtype=bool).ravel()
+    if flat.size == 0:
+        return []
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def _unruns(rle: Sequence[int], size: int) -> np.ndarray:
+    counts = np.asarray([int(v) for v in rle], dtype=np.int64)
+    if (counts < 0).any():
+        raise ValueError("negative run length in mask RLE")
+    if int(counts.sum()) != size:
+        raise ValueError(f"mask RLE covers {int(counts.sum())} pixels, the mask has {size}")
+    values = (np.arange(len(counts)) & 1) != 0
+    return np.repeat(values, counts)
+
+
+def cvat_rle_encode(bitmap: np.ndarray) -> list[int]:
+    """Runs of a crop bitmap, row-major, background first: CVAT XML ``<mask rle=...>``."""
+    return _runs(np.asarray(bitmap, dtype=bool).ravel(order="C"))
+
+
+def cvat_rle_decode(rle: Sequence[int], width: int, height: int) -> np.ndarray:
+    """Bool bitmap (height x width) of a CVAT XML mask RLE; ValueError if it does not fit."""
+    return _unruns(rle, int(width) * int(height)).reshape(int(height), int(width))
+
+
+def encode_cvat_mask(bitmap_full_image: np.ndarray) -> list[float]:
+    """CVAT ``points`` of a mask shape: runs over the tight box + [x1, y1, x2, y2] inclusive.
+
+    Identical to ``cvat_sdk.masks.encode_mask(bitmap)`` (an empty mask encodes the 1x1 box at
+    the origin, as there).
+    """
+    bitmap = np.asarray(bitmap_full_image)
+    if bitmap.ndim != 2:
+        raise ValueError("bitmap must have 2 dimensions")
+    mask = mask_from_bitmap(bitmap)
+    if mask is None:
+        mask = Mask(bitmap=np.zeros((1, 1), dtype=bool), left=0, top=0)
+    return _encode_crop(mask)
+
+
+def _encode_crop(mask: Mask) -> list[float]:
+    return cvat_rle_encode(mask.bitmap) + [
+        mask.left,
+        mask.top,
+        mask.left + mask.width - 1,
+        mask.top + mask.height - 1,
+    ]
+
+
+def encode_mask_crop(mask: Mask, image_width: int, image_height: int) -> list[float]:
+    """CVAT ``points`` of a :class:`Mask`, as ``encode_cvat_mask(mask_to_full(mask, ...))``."""
+    inside = mask_from_bitmap(mask_to_full(mask, image_width, image_height)) if (
+        mask.left < 0 or mask.top < 0
+        or mask.left + mask.width > image_width or mask.top + mask.height > image_height
+    ) else mask_tight(mask)
+    if inside is None:
+        return encode_cvat_mask(np.zeros((1, 1), dtype=bool))
+    return _encode_crop(inside)
+
+
+def decode_cvat_mask(points: Sequence[float], width: int, height: int) -> np.ndarray:
+    """Full-image bool bitmap of CVAT mask ``points``; same checks as ``cvat_sdk.masks.decode_mask``."""
+    if len(points) < 5:
+        raise ValueError("too few elements in encoded mask")
+    if width <= 0 or height <= 0:
+        raise ValueError("invalid image dimensions")
+    ints = []
+    for v in points:
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise ValueError(f"non-integer value in encoded mask: {v!r}")
+            v = int(v)
+        ints.append(int(v))
+    *rle, x1, y1, x2, y2 = ints
+    x2 += 1
+    y2 += 1
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise ValueError("invalid encoded bounding box")
+    crop = _unruns(rle, (x2 - x1) * (y2 - y1)).reshape(y2 - y1, x2 - x1)
+    full = np.zeros((int(height), int(width)), dtype=bool)
+    full[y1:y2, x1:x2] = crop
+    return full
+
+
+def serverless_mask(mask: Mask) -> list[int]:
+    """Nuclio detector ``"mask"``: flat row-major 0/1 crop + [xtl, ytl, xbr, ybr] inclusive.
+
+    The crop is used as given (call :func:`mask_tight` first for the tightest box). See the
+    module docstring for the CVAT sources this format is taken from.
+    """
+    flat = np.asarray(mask.bitmap, dtype=bool).astype(np.uint8).ravel(order="C").tolist()
+    return flat + [mask.left, mask.top, mask.left + mask.width - 1, mask.top + mask.height - 1]
+
+
+def serverless_mask_decode(values: Sequence[int]) -> Mask:
+    """Inverse of :func:`serverless_mask` (for tests and for reading function responses)."""
+    *flat, xtl, ytl, xbr, ybr = [int(v) for v in values]
+    w, h = xbr - xtl + 1, ybr - ytl + 1
+    if w <= 0 or h <= 0 or len(flat) != w * h:
+        raise ValueError("serverless mask: bitmap length does not match its box")
+    return Mask(bitmap=np.asarray(flat, dtype=bool).reshape(h, w), left=xtl, top=ytl)
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO RLE (pycocotools' format, without pycocotools)
+
+
+def _coco_counts_to_string(counts: Iterable[int]) -> str:
+    """pycocotools ``rleToString``: LEB128-like 6-bit chars, counts delta-coded after the 2nd."""
+    cnts = list(counts)
+    out = []
+    for i, value in enumerate(cnts):
+        x = int(value) - (int(cnts[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5  # arithmetic shift, as in C on a signed long
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def _coco_string_to_counts(s: str | bytes) -> list[int]:
+    """pycocotools ``rleFrString``."""
+    if isinstance(s, bytes):
+        s = s.decode("ascii")
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x = 0
+        k = 0
+        more = True
+        while more:
+            if p >= len(s):
+                raise ValueError("truncated COCO RLE string")
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def coco_rle_encode(bitmap_full: np.ndarray) -> dict:
+    """Compressed COCO RLE of a full-image bitmap: ``{"size": [h, w], "counts": str}``."""
+    bitmap = np.asarray(bitmap_full, dtype=bool)
+    h, w = bitmap.shape
+    runs = _runs(bitmap.ravel(order="F"))
+    if not runs:
+        runs = [0]
+    return {"size": [int(h), int(w)], "counts": _coco_counts_to_string(runs)}
+
+
+def coco_rle_decode(rle: dict) -> np.ndarray:
+    """Bool bitmap (h x w) of a COCO RLE, compressed (str/bytes) or uncompressed (list)."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        counts = _coco_string_to_counts(counts)
+    flat = _unruns(counts, h * w)
+    return flat.reshape(w, h).T.copy()
+
+
+def coco_rle_area(rle: dict) -> int:
+    """Foreground pixels of a COCO RLE without decoding it."""
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        counts = _coco_string_to_counts(counts)
+    return int(sum(counts[1::2]))
