@@ -1,0 +1,268 @@
+"""The Pipeline: one image in, labelled cell instances out.
+
+Every delivery path (``cvat-tools predict``, the Nuclio function, the cvat-sdk function) calls
+:meth:`Pipeline.run`, so one image gives the same cells, masks, labels and attributes in each.
+
+    image (RGB uint8) -> segmenter -> masks + detection scores
+                      -> cell_crop per mask -> classifier (batched) [-> refiner (batched)]
+                      -> rule.combine -> Instance(label, Mask, score, attributes)
+
+``Instance.score`` is the segmenter's detection score (what ``threshold`` filters and what CVAT
+shows as confidence); the class evidence is in the attributes (see :func:`attribute_specs`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import labels as label_set
+from .bundle import MANIFEST, shipped_bundle
+from .crops import cell_crop
+from .errors import BundleError, InputError
+from .formats.annotations import AttributeSpec, Instance, LabelSpec
+
+REVIEW_THRESHOLD = 0.6  # a final class score below this asks a human to look
+NO_REFINER = "none"  # refiner attribute value when no refiner answered (none loaded, band/blast)
+UNCLASSIFIED = "wbc"  # label of a segmentation-only pipeline (no classifier)
+CLASSIFY_BATCH = 32  # crops per forward pass: bounds memory on a 100-cell 4032x3024 field
+
+# Attribute names, in the order they are declared everywhere.
+ATTR_CLASSIFIER = "classifier"
+ATTR_CLASSIFIER_SCORE = "classifier_score"
+ATTR_REFINER = "refiner"
+ATTR_REFINER_SCORE = "refiner_score"
+ATTR_NEEDS_REVIEW = "needs_review"
+
+
+def attribute_specs() -> list[AttributeSpec]:
+    """The attributes every instance carries: ONE declaration for the Nuclio ``spec``, the
+    cvat-sdk function spec and the CVAT XML ``<meta>``.
+
+    Scores are integer percents ("number" 0..100 step 1): CVAT's lambda manager accepts a
+    number attribute only when ``value.isnumeric()`` and cvat-sdk only when ``int(value)``
+    parses, so "87" passes both where "0.87" would be dropped.
+    """
+    percent = ["0", "100", "1"]
+    return [
+        AttributeSpec(ATTR_CLASSIFIER, "select", list(label_set.ALL_CLASSES),
+                      default=label_set.ALL_CLASSES[0]),
+        AttributeSpec(ATTR_CLASSIFIER_SCORE, "number", list(percent), default="0"),
+        AttributeSpec(ATTR_REFINER, "select", [NO_REFINER, *label_set.ALL_CLASSES],
+                      default=NO_REFINER),
+        AttributeSpec(ATTR_REFINER_SCORE, "number", list(percent), default="0"),
+        # CVAT stores a checkbox's values as [default].
+        AttributeSpec(ATTR_NEEDS_REVIEW, "checkbox", ["false"], default="false"),
+    ]
+
+
+def label_specs(shape_type: str = "any") -> list[LabelSpec]:
+    """Every label of ``labels.ALL_CLASSES`` with :func:`attribute_specs`."""
+    return [LabelSpec(name=name, attributes=attribute_specs(), type=shape_type)
+            for name in label_set.ALL_CLASSES]
+
+
+def percent(score: float | None) -> str:
+    """A [0, 1] score as CVAT's integer-percent attribute value."""
+    if score is None or not np.isfinite(score):
+        return "0"
+    return str(int(round(min(max(float(score), 0.0), 1.0) * 100)))
+
+
+@dataclass
+class PipelineInfo:
+    """Which models answer, for logs and reports."""
+
+    segmenter: str
+    classifier: str | None
+    refiner: str | None
+
+
+def _bundle_path(kind: str, explicit: str | Path | None, weights: str | Path | None) -> Path | None:
+    """An explicit bundle wins; else ``weights/<kind>`` when ``weights`` is given; else shipped."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.exists():
+            raise BundleError(f"{path}: no such {kind} bundle folder")
+        return path
+    if weights is not None:
+        folder = Path(weights)
+        if not folder.is_dir():
+            raise BundleError(
+                f"{folder}: no such weights folder; it must hold segmenter/, classifier/, "
+                "refiner/ bundles (any may be missing)"
+            )
+        path = folder / kind
+        return path if (path / MANIFEST).is_file() else None
+    return shipped_bundle(kind)
+
+
+class Pipeline:
+    """Segment, crop, classify, refine, decide: the one inference path of the project."""
+
+    def __init__(
+        self,
+        segmenter: Any,
+        classifier: Any | None = None,
+        refiner: Any | None = None,
+        rule: Callable[..., Any] | None = None,
+        review_threshold: float = REVIEW_THRESHOLD,
+        info: PipelineInfo | None = None,
+    ) -> None:
+        if rule is None:
+            from .classify.rule import combine as rule
+        self.segmenter = segmenter
+        self.classifier = classifier
+        self.refiner = refiner
+        self.rule = rule
+        self.review_threshold = float(review_threshold)
+        self.info = info or PipelineInfo(
+            segmenter=type(segmenter).__name__,
+            classifier=type(classifier).__name__ if classifier is not None else None,
+            refiner=type(refiner).__name__ if refiner is not None else None,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        segmenter: str | Path | None = None,
+        classifier: str | Path | None = None,
+        refiner: str | Path | None = None,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        review_threshold: float = REVIEW_THRESHOLD,
+        require_classifier: bool = True,
+    ) -> "Pipeline":
+        """Build the pipeline from bundles.
+
+        Each model comes from its explicit bundle path, else ``weights/<kind>/`` when a
+        weights folder is given (how the Nuclio image and ``-p weights=`` pass them), else the
+        shipped bundle. Without a segmenter bundle the classical watershed segmenter is used;
+        without a refiner the classifier's answer is final. A classifier is required (the
+        labels CVAT receives are cell types) unless ``require_classifier=False``, which gives
+        segmentation only, every cell labelled "wbc".
+        """
+        from .segment.base import load_segmenter
+
+        seg_path = _bundle_path("segmenter", segmenter, weights)
+        clf_path = _bundle_path("classifier", classifier, weights)
+        ref_path = _bundle_path("refiner", refiner, weights)
+        if clf_path is None and require_classifier:
+            where = f"in {weights}/classifier" if weights is not None else "shipped with cvat-tools"
+            raise BundleError(
+                f"no classifier bundle {where}; pass one (--classifier BUNDLE, made by "
+                "'cvat-tools train classifier') or install the shipped weights"
+            )
+        if seg_path is None:  # _bundle_path already looked for the shipped one
+            from .segment.classical import ClassicalSegmenter
+
+            seg_model = ClassicalSegmenter()
+        else:
+            seg_model = load_segmenter(seg_path, device=device)
+        clf_model = ref_model = None
+        if clf_path is not None:
+            from .classify.classifier import CellClassifier
+
+            clf_model = CellClassifier.from_bundle(clf_path, device=device)
+            if ref_path is not None:
+                from .classify.dann import Refiner
+
+                ref_model = Refiner.from_bundle(
+                    ref_path, classifier_labels=clf_model.labels, device=device
+                )
+        info = PipelineInfo(
+            segmenter=str(seg_path) if seg_path else f"classical ({type(seg_model).__name__})",
+            classifier=str(clf_path) if clf_path else None,
+            refiner=str(ref_path) if ref_path else None,
+        )
+        return cls(seg_model, clf_model, ref_model, review_threshold=review_threshold, info=info)
+
+    # -- inference ------------------------------------------------------------------------
+
+    def run(self, image: np.ndarray, threshold: float = 0.5) -> list[Instance]:
+        """Labelled instances of one RGB uint8 image (H x W x 3), detection score >= threshold."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(
+                f"pipeline input must be an RGB uint8 array (H x W x 3), got {image.dtype} "
+                f"{image.shape}; read images with cvat_tools.imaging.load_image"
+            )
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise InputError(f"threshold {threshold} is outside [0, 1]")
+        detections = [
+            d for d in self.segmenter.segment(image, threshold=threshold)
+            if d.score >= threshold and np.asarray(d.mask.bitmap).any()
+        ]
+        if not detections:
+            return []
+        if self.classifier is None:
+            return [
+                Instance(label=UNCLASSIFIED, geometry=d.mask, score=float(d.score),
+                         source="auto")
+                for d in detections
+            ]
+        clf_preds = self._predict(self.classifier, image, detections)
+        ref_preds: Sequence[Any | None] = (
+            self._predict(self.refiner, image, detections)
+            if self.refiner is not None else [None] * len(detections)
+        )
+        return [
+            self._instance(d, self.rule(c, r))
+            for d, c, r in zip(detections, clf_preds, ref_preds)
+        ]
+
+    def _predict(self, model: Any, image: np.ndarray, detections: Sequence[Any]) -> list[Any]:
+        size = int(getattr(model, "input_size", 224))
+        preds: list[Any] = []
+        for start in range(0, len(detections), CLASSIFY_BATCH):
+            chunk = detections[start:start + CLASSIFY_BATCH]
+            crops = [
+                cell_crop(image, d.mask.bitmap, d.mask.left, d.mask.top, size=size)
+                for d in chunk
+            ]
+            preds.extend(model.predict(crops))
+        return preds
+
+    def _instance(self, detection: Any, decision: Any) -> Instance:
+        refiner_label = decision.refiner_label or NO_REFINER
+        needs_review = (not decision.agree) or float(decision.score) < self.review_threshold
+        attributes = {
+            ATTR_CLASSIFIER: decision.classifier_label,
+            ATTR_CLASSIFIER_SCORE: percent(decision.classifier_score),
+            ATTR_REFINER: refiner_label,
+            ATTR_REFINER_SCORE: percent(decision.refiner_score),
+            ATTR_NEEDS_REVIEW: "true" if needs_review else "false",
+        }
+        return Instance(
+            label=decision.label,
+            geometry=detection.mask,
+            score=float(detection.score),
+            attributes=attributes,
+            source="auto",
+        )
+
+
+def check_attributes(instance: Instance) -> list[str]:
+    """Problems of an instance against :func:`attribute_specs` (empty list = valid).
+
+    Used by the tests and as a guard before anything is sent to CVAT.
+    """
+    problems = []
+    specs = {spec.name: spec for spec in attribute_specs()}
+    for name, value in instance.attributes.items():
+        spec = specs.get(name)
+        if spec is None:
+            problems.append(f"undeclared attribute {name!r}")
+        elif spec.input_type in ("select", "radio") and value not in spec.values:
+            problems.append(f"{name}={value!r} not among {spec.values}")
+        elif spec.input_type == "number":
+            lo, hi, step = (int(v) for v in spec.values)
+            if not value.isnumeric() or not lo <= int(value) <= hi or (int(value) - lo) % step:
+                problems.append(f"{name}={value!r} is not an integer in [{lo}, {hi}]")
+        elif spec.input_type == "checkbox" and value not in ("true", "false"):
+            problems.append(f"{name}={value!r} is not true/false")
+    if instance.label not in label_set.ALL_CLASSES and instance.label != UNCLASSIFIED:
+        problems.append(f"label {instance.label!r} is not in labels.ALL_CLASSES")
+    return problems
