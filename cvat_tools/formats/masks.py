@@ -2,9 +2,10 @@
 
 Coordinate convention (CVAT's): pixel (row i, column j) covers the square [j, j+1) x [i, i+1);
 polygon vertices are continuous coordinates in that frame. A polygon is rasterized by the
-pixel-centre rule (pixel (i, j) is inside when (j + 0.5, i + 0.5) is), and a bitmap is traced
-back to a polygon through the centres of its boundary pixels, so rasterize(trace(mask)) gives
-the mask back (exactly before simplification, within ``tolerance`` px after it).
+pixel-centre rule (pixel (i, j) is inside when (j + 0.5, i + 0.5) is; pycocotools does the
+same with COCO polygons), and a bitmap is traced back to a polygon along its pixels' outer
+edges, so rasterize(trace(mask)) gives the mask back (exactly before simplification, within
+``tolerance`` px after it) and a polygon's area is its pixel count.
 
 Wire formats, each pinned to its reference:
 
@@ -35,9 +36,6 @@ import numpy as np
 
 from .annotations import Mask
 
-# Fixed-point bits for cv2.fillPoly: vertices keep 1/256 px precision.
-_SHIFT = 8
-
 Point = tuple[float, float]
 
 
@@ -45,21 +43,55 @@ Point = tuple[float, float]
 # polygon <-> bitmap
 
 
+# Rows x edges handled at once by the scanline fill (bounds memory on huge traced outlines).
+_SCAN_CELLS = 2_000_000
+
+
 def polygon_to_mask(points: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     """Full-image bool bitmap (height x width) of a polygon, by the pixel-centre rule.
 
-    Fewer than 3 vertices (or none finite) gives an empty mask; parts outside the image are cut.
+    Pixel (i, j) is inside when its centre (j + 0.5, i + 0.5) is (even-odd rule; a centre on
+    a left/top edge counts, on a right/bottom edge does not), which is what pycocotools does
+    with COCO polygons, so a training loader sees the same mask. Fewer than 3 vertices (or a
+    non-finite one) gives an empty mask; parts outside the image are cut.
     """
-    mask = np.zeros((int(height), int(width)), dtype=np.uint8)
+    height, width = int(height), int(width)
+    mask = np.zeros((height, width), dtype=bool)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
-    if len(pts) < 3 or not np.isfinite(pts).all():
-        return mask.astype(bool)
-    # Pixel centres sit at integer coordinates for OpenCV, at +0.5 for CVAT: shift by -0.5.
-    fixed = np.round((pts - 0.5) * (1 << _SHIFT)).astype(np.int64)
-    limit = np.iinfo(np.int32).max // 2
-    fixed = np.clip(fixed, -limit, limit).astype(np.int32)
-    cv2.fillPoly(mask, [fixed.reshape(-1, 1, 2)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
-    return mask.astype(bool)
+    if len(pts) < 3 or not np.isfinite(pts).all() or height <= 0 or width <= 0:
+        return mask
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    sloped = y0 != y1  # horizontal edges never cross a scanline
+    x0, y0, x1, y1 = x0[sloped], y0[sloped], x1[sloped], y1[sloped]
+    if x0.size == 0:
+        return mask
+    row_lo = max(0, math.ceil(float(pts[:, 1].min()) - 0.5))
+    row_hi = min(height - 1, math.floor(float(pts[:, 1].max()) - 0.5))
+    inv_slope = (x1 - x0) / (y1 - y0)
+    step = max(1, _SCAN_CELLS // x0.size)
+    for start in range(row_lo, row_hi + 1, step):
+        rows = np.arange(start, min(start + step, row_hi + 1))
+        yc = rows[:, None] + 0.5
+        crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))
+        xs = np.where(crosses, x0 + (yc - y0) * inv_slope, np.inf)
+        xs.sort(axis=1)
+        n_cross = crosses.sum(axis=1)
+        width_pairs = xs.shape[1] // 2
+        if width_pairs == 0:
+            continue
+        enter, leave = xs[:, 0:2 * width_pairs:2], xs[:, 1:2 * width_pairs:2]
+        valid = (np.arange(width_pairs)[None, :] * 2 + 1) < n_cross[:, None]
+        # pixel j is inside a span [enter, leave) when enter <= j + 0.5 < leave
+        first = np.clip(np.ceil(np.where(valid, enter, 0) - 0.5), 0, width).astype(np.int64)
+        stop = np.clip(np.ceil(np.where(valid, leave, 0) - 0.5), 0, width).astype(np.int64)
+        diff = np.zeros((rows.size, width + 1), dtype=np.int32)
+        r_idx = np.broadcast_to(np.arange(rows.size)[:, None], first.shape)
+        keep = valid & (stop > first)
+        np.add.at(diff, (r_idx[keep], first[keep]), 1)
+        np.add.at(diff, (r_idx[keep], stop[keep]), -1)
+        mask[rows] = np.cumsum(diff[:, :width], axis=1) > 0
+    return mask
 
 
 def _component_area(contour: np.ndarray) -> int:
@@ -68,6 +100,24 @@ def _component_area(contour: np.ndarray) -> int:
     canvas = np.zeros((h, w), dtype=np.uint8)
     cv2.drawContours(canvas, [contour - np.array([x, y], dtype=contour.dtype)], -1, 1, thickness=-1)
     return int(canvas.sum())
+
+
+def _grow_to_pixel_edges(inset: list[Point]) -> list[Point]:
+    """Move an outline traced 1/4 px inside the pixel edges out onto them (area = pixel count).
+
+    Falls back to the inset outline, which rasterizes to the same pixels, when the grown
+    shape is not one clean polygon.
+    """
+    from shapely.geometry import Polygon as ShapelyPolygon
+    from shapely.validation import make_valid
+
+    try:
+        grown = make_valid(ShapelyPolygon(inset)).buffer(0.25, join_style="mitre", mitre_limit=2.0)
+    except Exception:
+        return inset
+    if grown.geom_type != "Polygon" or grown.is_empty or not grown.is_valid:
+        return inset
+    return [(float(x), float(y)) for x, y in grown.exterior.coords[:-1]]
 
 
 def mask_to_polygons(
@@ -79,31 +129,36 @@ def mask_to_polygons(
 ) -> list[list[Point]]:
     """Outer contours of a bitmap as polygons in image coordinates, largest first.
 
-    ``bitmap`` is placed with its top-left pixel at (left, top). Contours are simplified with
-    Douglas-Peucker at ``tolerance`` px (0 keeps every boundary pixel); components enclosing
-    fewer than ``min_area`` pixels are dropped; holes are ignored (a cell has none).
+    ``bitmap`` is placed with its top-left pixel at (left, top). Each polygon runs along the
+    outer edges of the component's pixels (its area is the pixel count); it is simplified with
+    Douglas-Peucker at ``tolerance`` px (0 keeps every step, and then
+    ``polygon_to_mask(polygon)`` gives the component back exactly). Components enclosing fewer
+    than ``min_area`` pixels are dropped; holes are ignored (a cell has none).
     """
     bitmap = np.asarray(bitmap).astype(bool)
     if bitmap.ndim != 2 or not bitmap.any():
         return []
-    # One pixel of padding: contours touching the crop's edge are traced like any other.
-    padded = np.pad(bitmap, 1).astype(np.uint8)
-    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    rows, cols = np.flatnonzero(bitmap.any(axis=1)), np.flatnonzero(bitmap.any(axis=0))
+    top, left = top + int(rows[0]), left + int(cols[0])
+    bitmap = bitmap[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # work on the tight crop
+    # Traced at twice the resolution, the contour runs through the centres of the boundary
+    # half-pixels, 1/4 px inside the pixel edges: one-pixel-wide parts keep a width and every
+    # pixel centre stays strictly inside. One pixel of padding keeps edge contours whole.
+    doubled = np.pad(np.repeat(np.repeat(bitmap, 2, axis=0), 2, axis=1), 1).astype(np.uint8)
+    contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     found: list[tuple[int, list[Point]]] = []
     for contour in contours:
-        area = _component_area(contour)
+        area = (_component_area(contour) + 3) // 4
         if area < min_area:
             continue
-        simple = cv2.approxPolyDP(contour, tolerance, True) if tolerance > 0 else contour
+        simple = cv2.approxPolyDP(contour, 2 * tolerance, True) if tolerance > 0 else contour
         if len(simple) < 3:
-            simple = contour  # a thin sliver: keep the full trace rather than lose it
-        if len(simple) < 3:
-            continue
-        pts = simple.reshape(-1, 2).astype(np.float64)
-        # padding offset (-1), pixel centre (+0.5), crop origin.
-        xs = pts[:, 0] - 1 + 0.5 + left
-        ys = pts[:, 1] - 1 + 0.5 + top
-        found.append((area, [(float(x), float(y)) for x, y in zip(xs, ys)]))
+            simple = contour
+        # half-pixel index k (after the padding) has its centre at (k - 1 + 0.5) / 2.
+        pts = (simple.reshape(-1, 2).astype(np.float64) - 0.5) / 2.0
+        inset = [(float(x) + left, float(y) + top) for x, y in pts]
+        if len(inset) >= 3:
+            found.append((area, _grow_to_pixel_edges(inset)))
     found.sort(key=lambda item: -item[0])
     return [poly for _, poly in found]
 
