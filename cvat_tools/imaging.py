@@ -71,6 +71,17 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 of an already-open PIL image (how cvat-sdk hands frames over), converted
+    exactly as :func:`decode_image` converts bytes (EXIF rotation, modes, size limit)."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{w}x{h} pixels is over the {MAX_PIXELS // 1_000_000} MP limit")
+    if w == 0 or h == 0:
+        raise ImageError("image has no pixels")
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB uint8 (H x W x 3), raising ImageError naming the file."""
     path = Path(path)

@@ -1,0 +1,239 @@
+"""The Nuclio function against CVAT's detector contract, through nuclio_sdk's test platform."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cvat_tools import labels, serverless
+from cvat_tools.formats.masks import mask_to_full, polygon_to_mask, serverless_mask_decode
+from cvat_tools.imaging import decode_image
+from cvat_tools.pipeline import attribute_specs
+from pipeline_fakes import iou, make_random_classifier
+
+REPO = Path(__file__).resolve().parents[1]
+FUNCTION_DIR = REPO / "serverless" / "pytorch" / "cvat_tools" / "wbc" / "nuclio"
+YAMLS = ["function.yaml", "function-gpu.yaml"]
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    make_random_classifier(root / "classifier")
+    return root
+
+
+@pytest.fixture(scope="module")
+def nuclio(weights_dir):
+    """(platform, handler) of main.py, its init_context run with CVAT_TOOLS_WEIGHTS set."""
+    import nuclio_sdk.test
+
+    spec = importlib.util.spec_from_file_location("cvat_tools_wbc_main", FUNCTION_DIR / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = module  # the platform finds init_context through the module
+    spec.loader.exec_module(module)
+    old = os.environ.get(serverless.ENV_WEIGHTS)
+    os.environ[serverless.ENV_WEIGHTS] = str(weights_dir)
+    os.environ[serverless.ENV_DEVICE] = "cpu"
+    platform = nuclio_sdk.test.Platform()
+    platform.call_handler(module.handler, _event({"image": ""}))  # runs init_context once
+    yield platform, module.handler
+    os.environ.pop(serverless.ENV_DEVICE, None)
+    if old is None:
+        os.environ.pop(serverless.ENV_WEIGHTS, None)
+    else:
+        os.environ[serverless.ENV_WEIGHTS] = old
+
+
+def _event(body):
+    import nuclio_sdk
+
+    return nuclio_sdk.Event(body=body, content_type="application/json", method="POST")
+
+
+def _call(nuclio, body):
+    platform, handler = nuclio
+    response = platform.call_handler(handler, _event(body))
+    return response.status_code, json.loads(response.body)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- function.yaml --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", YAMLS)
+def test_function_yaml_follows_cvat_and_matches_labels(name):
+    doc = yaml.safe_load((FUNCTION_DIR / name).read_text())
+    meta = doc["metadata"]
+    assert meta["namespace"] == "cvat" and meta["name"] == "pth-cvat-tools-wbc"
+    ann = meta["annotations"]
+    assert ann["type"] == "detector" and ann["framework"] == "pytorch" and ann["name"]
+    spec = json.loads(ann["spec"])
+    # drift check: regenerate with `python -m cvat_tools.serverless <yaml>`
+    assert spec == serverless.function_spec(), f"{name} spec drifted from labels.py"
+    assert [item["name"] for item in spec] == list(labels.ALL_CLASSES)
+    assert all(item["type"] == "mask" for item in spec)
+    for item in spec:
+        names = [a["name"] for a in item["attributes"]]
+        assert names == [a.name for a in attribute_specs()]
+    body = doc["spec"]
+    assert body["handler"] == "main:handler" and body["runtime"].startswith("python:3.")
+    trigger = body["triggers"]["myHttpTrigger"]
+    assert trigger["kind"] == "http" and trigger["numWorkers"] >= 1
+    # a 4032x3024 JPEG is ~5-10 MB, base64 x4/3; the 100 MB file limit must fit too
+    assert trigger["attributes"]["maxRequestBodySize"] >= 100 * 1024 * 1024 * 4 // 3 * 0.9
+    assert int(body["eventTimeout"].rstrip("s")) >= 60
+    assert body["platform"]["attributes"]["restartPolicy"]["name"] == "always"
+    assert body["platform"]["attributes"]["mountMode"] == "volume"
+    assert body["minReplicas"] == 1 and body["maxReplicas"] >= 1
+    gpu = body.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+    assert gpu == (1 if "gpu" in name else None)
+
+
+def test_write_spec_is_idempotent(tmp_path):
+    copy = tmp_path / "function.yaml"
+    copy.write_text((FUNCTION_DIR / "function.yaml").read_text())
+    assert serverless.write_spec(copy) is False
+    text = copy.read_text().replace('"platelet"', '"plt"', 1)
+    copy.write_text(text)
+    assert serverless.write_spec(copy) is True
+    assert copy.read_text() == (FUNCTION_DIR / "function.yaml").read_text()
+
+
+# -- the handler on real images ----------------------------------------------------------------
+
+
+def _check_item(item, width, height):
+    """Every field of one response item against CVAT's rules (lambda_manager/views.py)."""
+    spec = {entry["name"]: entry for entry in serverless.function_spec()}
+    assert set(item) == {"label", "type", "confidence", "points", "mask", "attributes"}
+    assert item["label"] in spec and item["type"] == "mask"
+    assert 0.0 <= float(item["confidence"]) <= 1.0
+    declared = {a["name"]: a for a in spec[item["label"]]["attributes"]}
+    names = [a["name"] for a in item["attributes"]]
+    assert len(names) == len(set(names)) and set(names) == set(declared)
+    for attr in item["attributes"]:
+        decl, value = declared[attr["name"]], attr["value"]
+        assert isinstance(value, str)
+        if decl["input_type"] == "select":
+            assert value in decl["values"]
+        elif decl["input_type"] == "number":  # CVAT: value.isnumeric(); cvat-sdk: int(value)
+            lo, hi, _ = map(int, decl["values"])
+            assert value.isnumeric() and lo <= int(value) <= hi
+        elif decl["input_type"] == "checkbox":
+            assert value in ("true", "false")
+    pts = np.asarray(item["points"], dtype=float).reshape(-1, 2)
+    assert len(pts) >= 3
+    assert (pts[:, 0] >= 0).all() and (pts[:, 0] <= width).all()
+    assert (pts[:, 1] >= 0).all() and (pts[:, 1] <= height).all()
+    mask = serverless_mask_decode(item["mask"])
+    *_, xtl, ytl, xbr, ybr = item["mask"]
+    assert 0 <= xtl <= xbr < width and 0 <= ytl <= ybr < height
+    assert set(item["mask"][:-4]) <= {0, 1}
+    full = mask_to_full(mask, width, height)
+    assert full.any()
+    # the polygon outlines the same cell as the mask
+    assert iou(polygon_to_mask(pts, height, width), full) > 0.8
+    return full
+
+
+def test_bccd_field_matches_pipeline_and_ground_truth(nuclio, bccd_dir):
+    path = bccd_dir / "images" / "BloodImage_00002.jpg"
+    data = path.read_bytes()
+    status, items = _call(nuclio, {"image": _b64(data), "threshold": 0.5})
+    assert status == 200 and len(items) >= 1
+    image = decode_image(data)
+    h, w = image.shape[:2]
+    fulls = [_check_item(item, w, h) for item in items]
+    # same answer as the Pipeline itself (one inference path everywhere)
+    platform, handler = nuclio
+    pipeline = platform._get_handler_context(handler).user_data.pipeline
+    expected = pipeline.run(image, threshold=0.5)
+    assert len(expected) == len(items)
+    for inst, item, full in zip(expected, items, fulls):
+        assert inst.label == item["label"]
+        assert np.array_equal(mask_to_full(inst.geometry, w, h), full)
+        assert {a["name"]: a["value"] for a in item["attributes"]} == inst.attributes
+    gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
+    assert max(iou(full, gt) for full in fulls) > 0.5  # classical watershed: 0.59 here
+
+
+def test_upscaled_jtsc_cell(nuclio, jtsc_dir):
+    cell = Image.open(jtsc_dir / "images" / "001.png").convert("RGB")
+    big = cell.resize((cell.width * 4, cell.height * 4), Image.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=92)
+    status, items = _call(nuclio, {"image": _b64(buf.getvalue())})
+    assert status == 200 and len(items) >= 1
+    fulls = [_check_item(item, big.width, big.height) for item in items]
+    gt = np.asarray(Image.open(jtsc_dir / "masks" / "001.png").resize(big.size, Image.NEAREST)) > 0
+    assert max(iou(full, gt) for full in fulls) > 0.5
+
+
+def test_threshold_one_returns_only_certain_cells(nuclio, bccd_dir):
+    data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
+    status, items = _call(nuclio, {"image": _b64(data), "threshold": 1.0})
+    assert status == 200 and all(float(i["confidence"]) >= 1.0 for i in items)
+
+
+# -- bad requests --------------------------------------------------------------------------
+
+
+def _bomb_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (9000, 8000)).save(buf, "PNG")  # 72 MP of zeros: a few kB on the wire
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"not json", "not JSON"),
+    ({"threshold": 0.5}, "missing \"image\""),
+    ({"image": "%%%not base64%%%"}, "base64"),
+    ({"image": _b64(b"GIF89a but not really an image")}, "not a readable image"),
+    ({"image": _b64(b"")}, "missing \"image\""),
+    ({"image": _b64(_bomb_png())}, "decompression bomb"),
+    ({"image": _b64(b"\xff\xd8\xff\xe0" + b"\x00" * 64)}, "image"),
+    ({"image": "aGVsbG8=", "threshold": "high"}, "threshold"),
+    ({"image": "aGVsbG8=", "threshold": 2}, "threshold"),
+    (["image"], "JSON object"),
+])
+def test_bad_requests_get_400_with_a_reason(nuclio, body, reason):
+    status, answer = _call(nuclio, body)
+    assert status == 400
+    assert reason in answer["error"] and "Traceback" not in answer["error"]
+
+
+def test_unexpected_failure_is_500_without_traceback(nuclio, bccd_dir, monkeypatch):
+    platform, handler = nuclio
+    pipeline = platform._get_handler_context(handler).user_data.pipeline
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory at /secret/path")
+
+    monkeypatch.setattr(pipeline, "run", boom)
+    data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
+    status, answer = _call(nuclio, {"image": _b64(data)})
+    assert status == 500
+    assert "RuntimeError" in answer["error"] and "/secret/path" not in answer["error"]
+
+
+def test_oversized_image_is_400(nuclio, bccd_dir, monkeypatch):
+    from cvat_tools import imaging
+
+    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 1000)
+    data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
+    status, answer = _call(nuclio, {"image": _b64(data)})
+    assert status == 400 and "limit" in answer["error"]
