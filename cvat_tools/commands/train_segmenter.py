@@ -1,0 +1,60 @@
+"""``cvat-tools train segmenter``: train the Mask R-CNN WBC segmenter and write a bundle."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+
+
+def _load_recipe(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read the recipe ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise InputError(f"{path}: a recipe is a YAML mapping of option: value")
+    return recipe
+
+
+@click.command("segmenter")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="training folder: a 'cvat-tools export' COCO folder or the BCCD folder")
+@click.option("--out", "out", required=True, type=click.Path(), help="bundle folder to write")
+@click.option("--split", default=None, help="BCCD folder: the split to train on (train)")
+@click.option("--val", "val", default=None, type=click.Path(exists=True, file_okay=False),
+              help="folder for model selection (a BCCD folder uses --val-split)")
+@click.option("--val-split", default=None, help="split of --val to select on (val); never test")
+@click.option("--epochs", type=int, default=None)
+@click.option("--backbone", default=None, help="efficientnet_lite0 (default), _lite1, _lite2")
+@click.option("--architecture", type=click.Choice(["maskrcnn", "resnet50_fpn"]), default=None)
+@click.option("--long-side", type=int, default=None, help="working size: the field's long side in px")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+@click.option("--device", default=None, help="cpu or cuda")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML recipe (training/segmenter.yaml); command-line options override it")
+@click.option("--resume", is_flag=True, help="continue from <out>.ckpt/last.pt")
+@click.option("--max-train-images", type=int, default=None, hidden=True)
+@click.option("--max-val-images", type=int, default=None, hidden=True)
+def segmenter(**options):
+    """Train the WBC segmenter (Mask R-CNN, EfficientNet-Lite + FPN) on COCO or BCCD data."""
+    from ..train.segmentation import SegTrainConfig, train_segmenter
+
+    if options.get("split") == "test" or options.get("val_split") == "test":
+        raise InputError("the test split is for the final score only: train on train, select on val")
+    recipe = _load_recipe(options.pop("config"))
+    known = set(SegTrainConfig.__dataclass_fields__)
+    unknown = set(recipe) - known
+    if unknown:
+        raise InputError(f"recipe has unknown fields {sorted(unknown)}; known: {sorted(known)}")
+    merged = {**recipe, **{k: v for k, v in options.items() if v not in (None, False)}}
+    if options["val"] and options["val_split"] is None and "val_split" not in recipe:
+        merged.pop("val_split", None)
+    train_segmenter(SegTrainConfig(**merged))

@@ -1,0 +1,228 @@
+"""Instance-segmentation data: readers (COCO export, BCCD, JTSC), augmentation, torch Dataset.
+
+Every reader gives a list of :class:`SegSample`: an image path and a function returning its
+full-image bool masks, one per WBC. Masks are read lazily so a folder of thousands of images
+costs nothing until used.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..formats.masks import coco_rle_decode, polygon_to_mask
+from ..imaging import load_image
+
+# One BCCD/JTSC mask component smaller than this (px at the file's size) is noise, not a cell.
+MIN_CELL_AREA = 200
+
+
+@dataclass
+class SegSample:
+    image: Path
+    load_masks: Callable[[], list[np.ndarray]]
+    name: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+
+
+def masks_from_label_png(path: Path, min_area: int = MIN_CELL_AREA) -> list[np.ndarray]:
+    """BCCD/JTSC mask PNG (0 background, 128 cytoplasm, 255 nucleus): one bool mask per
+    connected component of mask > 0 above ``min_area``."""
+    label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if label is None:
+        raise InputError(f"{path}: unreadable mask PNG")
+    n, cc, stats, _ = cv2.connectedComponentsWithStats((label > 0).astype(np.uint8), connectivity=8)
+    return [cc == i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+
+
+def detect_format(folder: str | Path) -> str:
+    """'coco' (annotations.json + images/), 'bccd' (index.csv with a split column) or
+    'jtsc' (index.csv with image and mask columns, no split)."""
+    folder = Path(folder)
+    if (folder / "annotations.json").is_file():
+        return "coco"
+    index = folder / "index.csv"
+    if index.is_file():
+        with open(index, newline="") as fh:
+            columns = next(csv.reader(fh), [])
+        if {"image", "mask"} <= set(columns):
+            return "bccd" if "split" in columns else "jtsc"
+    raise InputError(
+        f"{folder}: not a segmentation data folder; expected a 'cvat-tools export' COCO folder "
+        "(annotations.json + images/) or a BCCD/JTSC folder (index.csv with image,mask columns)"
+    )
+
+
+def read_index(folder: str | Path, split: str | None = None) -> list[SegSample]:
+    """BCCD/JTSC-style folder: index.csv rows (optionally one split)."""
+    folder = Path(folder)
+    with open(folder / "index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if split is not None:
+        if rows and "split" not in rows[0]:
+            raise InputError(f"{folder}/index.csv has no split column; drop --split")
+        rows = [r for r in rows if r["split"] == split]
+        if not rows:
+            raise InputError(f"{folder}/index.csv: no rows with split {split!r}")
+    return [
+        SegSample(folder / r["image"], (lambda p=folder / r["mask"]: masks_from_label_png(p)), r["image"])
+        for r in rows
+    ]
+
+
+def _coco_masks(anns: list[dict], height: int, width: int) -> list[np.ndarray]:
+    out = []
+    for ann in anns:
+        seg = ann.get("segmentation")
+        if isinstance(seg, dict):
+            m = coco_rle_decode(seg).astype(bool)
+        elif isinstance(seg, list) and seg:
+            m = np.zeros((height, width), dtype=bool)
+            for poly in seg:
+                m |= polygon_to_mask(np.asarray(poly, float).reshape(-1, 2), height, width)
+        else:
+            continue
+        if m.any():
+            out.append(m)
+    return out
+
+
+def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
+    """A COCO instances folder written by ``cvat-tools export``: every annotation with a
+    segmentation is a cell (optionally only those whose category name is ``label``)."""
+    folder = Path(folder)
+    path = folder / "annotations.json"
+    try:
+        coco = json.loads(path.read_text())
+        cats = {c["id"]: c["name"] for c in coco.get("categories", [])}
+        by_image: dict[int, list[dict]] = {}
+        for ann in coco.get("annotations", []):
+            if label is None or cats.get(ann.get("category_id")) == label:
+                by_image.setdefault(ann["image_id"], []).append(ann)
+        samples = []
+        for im in coco["images"]:
+            anns = by_image.get(im["id"], [])
+            h, w = int(im["height"]), int(im["width"])
+            image_path = folder / "images" / im["file_name"]
+            if not image_path.is_file():
+                image_path = folder / im["file_name"]
+            samples.append(SegSample(image_path, (lambda a=anns, h=h, w=w: _coco_masks(a, h, w)), im["file_name"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not a COCO instances file ({exc})") from None
+    return samples
+
+
+def read_samples(folder: str | Path, split: str | None = None) -> list[SegSample]:
+    fmt = detect_format(folder)
+    if fmt == "coco":
+        if split is not None:
+            raise InputError(f"{folder}: a COCO export has no splits; drop --split")
+        return read_coco(folder)
+    return read_index(folder, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation (image and masks together)
+
+
+def hsv_jitter(image: np.ndarray, rng: random.Random, hue: float = 8, sat: float = 0.3, val: float = 0.2) -> np.ndarray:
+    """Stain/colour jitter: hue shift (OpenCV units, 180 = full turn), saturation and value gain."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-hue, hue)) % 180
+    hsv[..., 1] *= rng.uniform(1 - sat, 1 + sat)
+    hsv[..., 2] *= rng.uniform(1 - val, 1 + val)
+    return cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+def augment(image: np.ndarray, masks: np.ndarray, rng: random.Random, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop (at most crop x crop), flips, 90-degree rotations, colour jitter, blur.
+    ``masks`` is N x H x W uint8."""
+    h, w = image.shape[:2]
+    if h > crop or w > crop:
+        y0, x0 = rng.randint(0, max(h - crop, 0)), rng.randint(0, max(w - crop, 0))
+        image, masks = image[y0:y0 + crop, x0:x0 + crop], masks[:, y0:y0 + crop, x0:x0 + crop]
+    if rng.random() < 0.5:
+        image, masks = image[:, ::-1], masks[:, :, ::-1]
+    if rng.random() < 0.5:
+        image, masks = image[::-1], masks[:, ::-1]
+    k = rng.randrange(4)
+    if k:
+        image, masks = np.rot90(image, k), np.rot90(masks, k, axes=(1, 2))
+    image = np.ascontiguousarray(image)
+    if rng.random() < 0.8:
+        image = hsv_jitter(image, rng)
+    if rng.random() < 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
+    return image, np.ascontiguousarray(masks)
+
+
+def resize_sample(image: np.ndarray, masks: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    image = cv2.resize(image, size, interpolation=interp)
+    if len(masks):
+        masks = np.stack([cv2.resize(m, size, interpolation=cv2.INTER_LINEAR) for m in masks])
+    else:
+        masks = np.zeros((0, size[1], size[0]), dtype=np.uint8)
+    return image, masks
+
+
+class InstanceDataset:
+    """torch-style dataset of (image tensor 3xHxW in [0,1], target dict) for MaskRCNN.
+
+    Each image is rescaled so its long side is ``long_side`` (times a random factor in
+    ``scale_range`` when training), then augmented and cropped to ``long_side`` square."""
+
+    def __init__(self, samples: list[SegSample], long_side: int, train: bool,
+                 scale_range: tuple[float, float] = (0.75, 1.33), seed: int = 0, min_area: int = 30):
+        self.samples = samples
+        self.long_side = long_side
+        self.train = train
+        self.scale_range = scale_range
+        self.rng = random.Random(seed)
+        self.min_area = min_area
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        sample = self.samples[index]
+        image = load_image(sample.image)
+        full = sample.load_masks()
+        masks = np.stack(full).astype(np.uint8) if full else np.zeros((0, *image.shape[:2]), np.uint8)
+        scale = self.long_side / max(image.shape[:2])
+        if self.train:
+            scale *= self.rng.uniform(*self.scale_range)
+        image, masks = resize_sample(image, masks, scale)
+        if self.train:
+            image, masks = augment(image, masks, self.rng, self.long_side)
+        keep = masks.reshape(len(masks), -1).sum(1) >= self.min_area if len(masks) else np.zeros(0, bool)
+        masks = masks[keep]
+        boxes = []
+        for m in masks:
+            ys, xs = np.nonzero(m)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.ones(len(masks), dtype=torch.int64),
+            "masks": torch.from_numpy(masks.astype(np.uint8)),
+        }
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return tensor, target
+
+
+def collate(batch):
+    return tuple(zip(*batch))
