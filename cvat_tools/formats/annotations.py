@@ -110,6 +110,8 @@ class Dataset:
 
     images: list[ImageAnnotation] = field(default_factory=list)
     labels: list[LabelSpec] = field(default_factory=list)
+    # What a reader or cleaner left out, and why: {"image": name, "label": label, "reason": ...}
+    skipped: list[dict] = field(default_factory=list)
 
     def label_names(self) -> list[str]:
         """Declared labels, else the labels used, in first-seen order."""

@@ -1,0 +1,100 @@
+"""CVAT export archives (.zip) opened safely.
+
+A member is refused (InputError, nothing extracted) when its name is absolute or climbs out
+with ``..``, when it is a symlink or other special file, or when the archive would expand
+past :data:`MAX_TOTAL_BYTES` or a member past :data:`MAX_RATIO` times its compressed size
+(zip bombs). Sizes are checked against what is actually written, not only the header.
+"""
+from __future__ import annotations
+
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+
+MAX_TOTAL_BYTES = 4 * 1024 ** 3  # a CVAT export with its images stays well below
+MAX_MEMBERS = 200_000
+MAX_RATIO = 200  # JPEG/PNG barely compress; XML/JSON compress ~10-30x
+_RATIO_FLOOR = 1024 * 1024  # tiny members may compress arbitrarily well
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
+    name = info.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
+        raise InputError(f"{archive}: member {info.filename!r} points outside the archive; refused")
+    mode = info.external_attr >> 16
+    if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+        raise InputError(f"{archive}: member {info.filename!r} is a link or special file; refused")
+    if info.is_dir():
+        return None
+    if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise InputError(
+            f"{archive}: member {info.filename!r} expands {info.file_size / max(info.compress_size, 1):.0f}x "
+            "(possible zip bomb); refused"
+        )
+    return path
+
+
+def extract_archive(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a zip into ``dest`` after checking every member; returns ``dest``."""
+    archive, dest = Path(archive), Path(dest)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{archive}: not a readable zip archive ({exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise InputError(f"{archive}: {len(infos)} members is over the {MAX_MEMBERS} limit; refused")
+        members = [(info, _check_member(info, archive)) for info in infos]
+        declared = sum(info.file_size for info, _ in members)
+        if declared > MAX_TOTAL_BYTES:
+            raise InputError(f"{archive}: expands to {declared / 1e9:.1f} GB, over the "
+                             f"{MAX_TOTAL_BYTES / 1e9:.0f} GB limit (possible zip bomb); refused")
+        written = 0
+        dest.mkdir(parents=True, exist_ok=True)
+        for info, rel in members:
+            if rel is None:
+                continue
+            target = dest.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            limit = info.file_size
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    # headers can lie: count what actually comes out
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        limit -= len(chunk)
+                        if limit < 0 or written > MAX_TOTAL_BYTES:
+                            raise InputError(f"{archive}: member {info.filename!r} expands past its "
+                                             "declared size (possible zip bomb); refused")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+                raise InputError(f"{archive}: member {info.filename!r} is corrupt ({exc})") from None
+    return dest
+
+
+def find_annotation_file(root: Path) -> tuple[str, Path]:
+    """(format, path) of the annotations inside an extracted CVAT export."""
+    root = Path(root)
+    candidates = [
+        ("cvat", root / "annotations.xml"),
+        ("yolo", root / "data.yaml"),
+    ]
+    for fmt, path in candidates:
+        if path.is_file():
+            return fmt, path
+    coco = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").is_dir() else []
+    if coco:
+        return "coco", coco[0]
+    xmls = sorted(root.rglob("*.xml"))
+    if len(xmls) == 1:
+        return "cvat", xmls[0]
+    jsons = sorted(root.rglob("*.json"))
+    if len(jsons) == 1:
+        return "json", jsons[0]
+    raise InputError(f"{root}: no annotations.xml, annotations/instances_*.json or data.yaml in the "
+                     "archive; export from CVAT as 'CVAT for images 1.1', 'COCO 1.0' or "
+                     "'Ultralytics YOLO Segmentation 1.0'")

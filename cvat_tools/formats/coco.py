@@ -1,0 +1,213 @@
+"""COCO 1.0 instances JSON (what CVAT exports as "COCO 1.0" and training loaders read).
+
+Writing: polygons as ``segmentation: [[x, y, ...]]``, masks as compressed RLE (``counts`` a
+string, as pycocotools writes it), boxes with an empty segmentation; ``bbox`` [x, y, w, h],
+``area`` (polygon area, or mask pixel count), ``iscrowd``, ``score`` when known, and CVAT's
+``attributes`` (occluded, z_order, group and the shape's own attributes). Categories are
+numbered from 1 in label order. Point shapes have no COCO instance form and are skipped.
+
+Reading: all of the above, plus uncompressed RLE; a segmentation made of several polygons
+becomes one instance per polygon, sharing a group.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from . import masks
+from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
+
+MAX_JSON_BYTES = 512 * 1024 * 1024
+_CVAT_KEYS = ("occluded", "z_order", "group", "source", "iscrowd")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _bbox(geom) -> list[float]:
+    if isinstance(geom, Box):
+        return [geom.xtl, geom.ytl, geom.xbr - geom.xtl, geom.ybr - geom.ytl]
+    if isinstance(geom, Mask):
+        tight = masks.mask_tight(geom)
+        if tight is None:
+            return [float(geom.left), float(geom.top), 0.0, 0.0]
+        return [float(tight.left), float(tight.top), float(tight.width), float(tight.height)]
+    x0, y0, x1, y1 = masks.polygon_bbox(geom.points)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def instance_to_coco(inst: Instance, image: ImageAnnotation, ann_id: int, category_id: int) -> dict | None:
+    """One COCO annotation dict, or None for a geometry COCO instances cannot hold (points)."""
+    geom = inst.geometry
+    if isinstance(geom, Points):
+        return None
+    if isinstance(geom, Polygon):
+        segmentation: list | dict = [[round(float(v), 4) for xy in geom.points for v in xy]]
+        area = masks.polygon_area(geom.points)
+    elif isinstance(geom, Mask):
+        full = masks.mask_to_full(geom, image.width, image.height)
+        segmentation = masks.coco_rle_encode(full)
+        area = float(full.sum())
+    else:
+        segmentation = []
+        area = float(max(geom.xbr - geom.xtl, 0) * max(geom.ybr - geom.ytl, 0))
+    attributes = {"occluded": bool(inst.occluded), "z_order": inst.z_order}
+    if inst.group:
+        attributes["group"] = inst.group
+    if inst.source and inst.source != "manual":
+        attributes["source"] = inst.source
+    attributes.update({k: v for k, v in inst.attributes.items() if k != "iscrowd"})
+    ann = {
+        "id": ann_id,
+        "image_id": image.id,
+        "category_id": category_id,
+        "segmentation": segmentation,
+        "area": round(float(area), 4),
+        "bbox": [round(float(v), 4) for v in _bbox(geom)],
+        "iscrowd": 1 if str(inst.attributes.get("iscrowd", "0")) in ("1", "true", "True") else 0,
+        "attributes": attributes,
+    }
+    if inst.score is not None:
+        ann["score"] = float(inst.score)
+    return ann
+
+
+def to_coco(dataset: Dataset) -> dict:
+    """The COCO instances dict of a dataset (image ids 1..n unless the images carry ids)."""
+    names = dataset.label_names()
+    for image in dataset.images:  # labels used but not declared still get a category
+        for inst in image.instances:
+            if inst.label not in names:
+                names.append(inst.label)
+    category = {name: i + 1 for i, name in enumerate(names)}
+    out = {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {"description": "cvat-tools", "version": "1.0"},
+        "categories": [{"id": category[n], "name": n, "supercategory": ""} for n in names],
+        "images": [],
+        "annotations": [],
+    }
+    ids = [image.id for image in dataset.images]
+    use_own_ids = all(i is not None for i in ids) and len(set(ids)) == len(ids)
+    ann_id = 1
+    for index, image in enumerate(dataset.images):
+        image_id = image.id if use_own_ids else index + 1
+        out["images"].append({"id": image_id, "file_name": image.name,
+                              "width": image.width, "height": image.height})
+        keyed = ImageAnnotation(image.name, image.width, image.height, id=image_id)
+        for inst in image.instances:
+            ann = instance_to_coco(inst, keyed, ann_id, category[inst.label])
+            if ann is None:
+                dataset.skipped.append({"image": image.name, "label": inst.label,
+                                        "reason": "points have no COCO instance form"})
+                continue
+            out["annotations"].append(ann)
+            ann_id += 1
+    return out
+
+
+def write_coco(dataset: Dataset, path: str | Path) -> Path:
+    """Write a COCO instances JSON file atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_coco(dataset)), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_coco(path: str | Path) -> Dataset:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise InputError(f"{path}: {size / 1e6:.0f} MB is over the {MAX_JSON_BYTES / 1e6:.0f} MB limit")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    return from_coco(data, str(path))
+
+
+def _segmentation(seg, image: ImageAnnotation, where: str) -> list:
+    if isinstance(seg, dict):
+        try:
+            if [int(v) for v in seg["size"]] != [image.height, image.width]:
+                raise InputError(f"{where}: RLE size {seg['size']} is not the image's "
+                                 f"[{image.height}, {image.width}]")
+            full = masks.coco_rle_decode(seg)
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: bad RLE segmentation ({exc})") from None
+        mask = masks.mask_from_bitmap(full)
+        return [mask] if mask is not None else []  # empty: falls back to the bbox
+    if isinstance(seg, list):
+        polygons = []
+        for ring in seg:
+            if not isinstance(ring, list) or len(ring) % 2:
+                raise InputError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...]")
+            try:
+                values = [float(v) for v in ring]
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: polygon coordinates must be numbers") from None
+            polygons.append(Polygon(list(zip(values[0::2], values[1::2]))))
+        return polygons
+    raise InputError(f"{where}: segmentation must be a list of polygons or an RLE dict")
+
+
+def from_coco(data: dict, name: str = "<coco>") -> Dataset:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise InputError(f"{name}: not a COCO instances file (no 'images' list)")
+    try:
+        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        dataset = Dataset(labels=[LabelSpec(name=n) for n in categories.values()])
+        by_id: dict[int, ImageAnnotation] = {}
+        for img in data["images"]:
+            image = ImageAnnotation(name=str(img["file_name"]), width=int(img["width"]),
+                                    height=int(img["height"]), id=int(img["id"]))
+            by_id[image.id] = image
+            dataset.images.append(image)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{name}: malformed images or categories ({type(exc).__name__}: {exc})") from None
+    for ann in data.get("annotations", []):
+        where = f"{name}: annotation id={ann.get('id')!r}"
+        image = by_id.get(ann.get("image_id"))
+        if image is None:
+            raise InputError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        label = categories.get(ann.get("category_id"))
+        if label is None:
+            raise InputError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+        attrs = dict(ann.get("attributes") or {})
+        extra = {k: str(v) for k, v in attrs.items() if k not in _CVAT_KEYS}
+        if ann.get("iscrowd"):
+            extra["iscrowd"] = "1"
+        seg = ann.get("segmentation")
+        geometries = _segmentation(seg, image, where) if seg else []
+        if not geometries:
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4):
+                raise InputError(f"{where}: neither a segmentation nor a bbox")
+            x, y, w, h = (float(v) for v in bbox)
+            geometries = [Box(x, y, x + w, y + h)]
+        group = attrs.get("group") or (int(ann.get("id", 0)) if len(geometries) > 1 else None)
+        for geom in geometries:
+            image.instances.append(
+                Instance(
+                    label=label,
+                    geometry=geom,
+                    score=float(ann["score"]) if ann.get("score") is not None else None,
+                    attributes=dict(extra),
+                    occluded=bool(attrs.get("occluded", False)),
+                    z_order=int(attrs.get("z_order", 0) or 0),
+                    group=int(group) if group else None,
+                    source=str(attrs.get("source", "manual")),
+                )
+            )
+    return dataset

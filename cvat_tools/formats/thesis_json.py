@@ -1,0 +1,113 @@
+"""The thesis' prediction JSON::
+
+    {"data": {"0": {"filename": "IMG_1.jpg", "height": 3024, "width": 4032,
+                    "masks": [{"class_name": "neutrophil", "score": 0.97,
+                               "bounding_box": {"x1": .., "x2": .., "y1": .., "y2": ..},
+                               "vertices": [[x, y], ...]}]}}}
+
+One polygon per cell. Masks and boxes are written as their polygon outline; points are skipped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from . import masks
+from .annotations import Box, Dataset, ImageAnnotation, Instance, Mask, Points, Polygon
+
+MAX_JSON_BYTES = 512 * 1024 * 1024
+
+
+def is_thesis_json(data: object) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("data"), dict)
+
+
+def read_thesis_json(path: str | Path) -> Dataset:
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{path}: over the {MAX_JSON_BYTES / 1e6:.0f} MB limit")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    return from_thesis_json(data, str(path))
+
+
+def from_thesis_json(data: dict, name: str = "<json>") -> Dataset:
+    if not is_thesis_json(data):
+        raise InputError(f"{name}: expected {{\"data\": {{\"0\": {{\"filename\": ...}}}}}} (thesis JSON)")
+    dataset = Dataset()
+    keys = sorted(data["data"], key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
+    for key in keys:
+        entry = data["data"][key]
+        where = f"{name}: data[{key!r}]"
+        try:
+            image = ImageAnnotation(name=str(entry["filename"]), width=int(entry["width"]),
+                                    height=int(entry["height"]),
+                                    id=int(key) if str(key).isdigit() else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: needs filename, width and height ({exc})") from None
+        for k, cell in enumerate(entry.get("masks") or []):
+            cell_where = f"{where}.masks[{k}]"
+            try:
+                label = str(cell["class_name"])
+                points = [(float(x), float(y)) for x, y in cell.get("vertices") or []]
+                score = cell.get("score")
+                score = float(score) if score is not None else None
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError(f"{cell_where}: needs class_name and vertices [[x, y], ...] ({exc})") from None
+            if not points:
+                box = cell.get("bounding_box") or {}
+                try:
+                    geom = Box(float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"]))
+                except (KeyError, TypeError, ValueError):
+                    dataset.skipped.append({"image": image.name, "label": label,
+                                            "reason": f"{cell_where}: no vertices and no bounding_box"})
+                    continue
+            else:
+                geom = Polygon(points)
+            image.instances.append(Instance(label=label, geometry=geom, score=score,
+                                            source="auto" if score is not None else "manual"))
+        dataset.images.append(image)
+    return dataset
+
+
+def to_thesis_json(dataset: Dataset) -> dict:
+    out: dict = {"data": {}}
+    for index, image in enumerate(dataset.images):
+        cells = []
+        for inst in image.instances:
+            geom = inst.geometry
+            if isinstance(geom, Polygon):
+                points = geom.points
+            elif isinstance(geom, Mask):
+                points = masks.mask_to_polygon(geom.bitmap, geom.left, geom.top) or []
+            elif isinstance(geom, Box):
+                points = [(geom.xtl, geom.ytl), (geom.xbr, geom.ytl), (geom.xbr, geom.ybr), (geom.xtl, geom.ybr)]
+            else:
+                points = []
+            if isinstance(geom, Points) or not points:
+                dataset.skipped.append({"image": image.name, "label": inst.label,
+                                        "reason": "no outline for thesis JSON"})
+                continue
+            x0, y0, x1, y1 = masks.polygon_bbox(points)
+            cell = {"class_name": inst.label}
+            if inst.score is not None:  # manual annotations have none
+                cell["score"] = float(inst.score)
+            cell["bounding_box"] = {"x1": x0, "x2": x1, "y1": y0, "y2": y1}
+            cell["vertices"] = [[float(x), float(y)] for x, y in points]
+            cells.append(cell)
+        out["data"][str(index)] = {"filename": image.name, "height": image.height,
+                                   "width": image.width, "masks": cells}
+    return out
+
+
+def write_thesis_json(dataset: Dataset, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_thesis_json(dataset)), encoding="utf-8")
+    return path
