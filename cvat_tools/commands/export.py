@@ -1,0 +1,270 @@
+"""``cvat-tools export ANNOTATIONS --images DIR --out DIR``: a CVAT export becomes a training set.
+
+ANNOTATIONS is a CVAT for images 1.1 XML, a COCO 1.0 JSON, an Ultralytics YOLO segmentation
+folder (or its data.yaml), a thesis JSON, a folder holding one of them, or the CVAT export
+``.zip`` itself (checked for ``..``/absolute members, links and zip bombs). Labels are mapped
+onto the project's label set (``labels.py``; ``--label-map`` for other names).
+
+The training folder (``--out``), read by ``cvat-tools train segmenter --data DIR`` and by the
+classifier's crop reader::
+
+    OUT/
+      annotations.json        COCO instances: one category per label (ids from 1, in the
+                              project's label order), images with file_name (under images/),
+                              width, height; one annotation per cell with a polygon
+                              segmentation [[x1, y1, ...]] (pixel-edge coordinates, CVAT's
+                              convention), bbox [x, y, w, h], area, iscrowd 0, attributes
+                              (occluded, z_order, ...), "mask_file" and "source_label"
+      images/<name>           the annotated images (hard links where possible, else copies)
+      masks/<stem>_<k>.png    one 8-bit PNG per cell, full image size, 0 background / 255
+                              cell; k numbers the image's exported cells from 0 (= the order of
+                              its annotations in annotations.json)
+      crops/<label>/<stem>_<k>.png   (--crops) the cell cut out by crops.cell_crop, the
+                              classifier's input format (square, masked, --crop-size px);
+                              <label> is the label with "_" for spaces (band_cell)
+      manifest.json           source file and format, label map, counts per class, images,
+                              every skipped shape (image, label, reason) and every repaired one
+
+Shapes that cannot be a cell outline (boxes, points, polygons with fewer than 3 points or no
+area, empty masks) are skipped and listed; self-intersecting polygons are repaired (the
+largest valid piece is kept) and listed. Missing images, images whose size (after EXIF
+rotation) differs from the annotation, and unknown labels stop the export with an error
+naming the file; the output folder is written whole or not at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+import click
+
+from ..errors import InputError
+
+MANIFEST = "manifest.json"
+
+
+def _image_index(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Relative posix path -> file, and file name -> files, for every image under ``folder``."""
+    from ..imaging import list_images
+
+    by_rel: dict[str, Path] = {}
+    by_name: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        by_rel[path.relative_to(folder).as_posix()] = path
+        by_name.setdefault(path.name, []).append(path)
+    return by_rel, by_name
+
+
+def _find_image(name: str, by_rel: dict[str, Path], by_name: dict[str, list[Path]]) -> Path | None:
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.as_posix() in by_rel:
+        return by_rel[rel.as_posix()]
+    # CVAT names images by their upload path; the folder given may be any level of it
+    for k in range(1, len(rel.parts)):
+        tail = PurePosixPath(*rel.parts[k:]).as_posix()
+        if tail in by_rel:
+            return by_rel[tail]
+    found = by_name.get(rel.name, [])
+    return found[0] if len(found) == 1 else None
+
+
+def _output_names(names: list[str]) -> list[str]:
+    """File names under images/: the base name, or the path joined by '__' when two collide."""
+    base = [PurePosixPath(n.replace("\\", "/")).name for n in names]
+    counts = Counter(base)
+    return [b if counts[b] == 1 else "__".join(PurePosixPath(n.replace("\\", "/")).parts)
+            for n, b in zip(names, base)]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _label_folder(label: str) -> str:
+    return label.replace(" ", "_").replace("/", "_")
+
+
+def _check_out(out: Path, sources: list[Path]) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"--out {out}: is a file; choose a folder")
+        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise InputError(f"--out {out}: exists and is not an earlier export (no {MANIFEST}); "
+                             "choose a new folder, nothing was replaced")
+    resolved = out.resolve()
+    for src in sources:
+        src = src.resolve()
+        if resolved == src or resolved in src.parents or src in resolved.parents:
+            raise InputError(f"--out {out} overlaps the input {src}; choose a folder outside it")
+
+
+def run_export(
+    annotations: str | Path,
+    images: str | Path | None,
+    out: str | Path,
+    format: str = "auto",
+    label_map_file: str | Path | None = None,
+    crops: bool = False,
+    crop_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """The export itself (the click command is a thin wrapper); returns the manifest."""
+    import cv2
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..atomic import atomic_dir
+    from ..crops import cell_crop
+    from ..formats.clean import outline_instance
+    from ..formats.io import open_annotations
+    from ..formats.labelmap import apply_label_map, load_label_map
+    from ..imaging import image_size, load_image
+    from ..labels import ALL_CLASSES
+
+    annotations, out = Path(annotations), Path(out)
+    if crop_size is not None and crop_size < 8:
+        raise InputError(f"--crop-size {crop_size} is too small; use at least 8 px")
+    if images is not None and not Path(images).is_dir():
+        raise InputError(f"--images {images}: no such folder")
+    _check_out(out, [annotations] + ([Path(images)] if images else []))
+    label_map = load_label_map(label_map_file) if label_map_file else None
+
+    with open_annotations(annotations, format, images) as (dataset, own_images):
+        images_dir = Path(images) if images else own_images
+        if images_dir is None:
+            raise InputError(f"{annotations}: has no images of its own; pass --images DIR "
+                             "(the folder with the annotated images)")
+        source_labels = {id(inst): inst.label for im in dataset.images for inst in im.instances}
+        apply_label_map(dataset, label_map, str(annotations))
+        if not dataset.images:
+            raise InputError(f"{annotations}: no images in the annotations; nothing to export")
+
+        # every image present and of the annotated size, before anything is written
+        by_rel, by_name = _image_index(images_dir)
+        files, missing, wrong_size = [], [], []
+        for image in dataset.images:
+            path = _find_image(image.name, by_rel, by_name)
+            files.append(path)
+            if path is None:
+                missing.append(image.name)
+                continue
+            size = image_size(path)
+            if size != (image.width, image.height):
+                wrong_size.append(f"{path} is {size[0]}x{size[1]}, annotated as {image.width}x{image.height}")
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise InputError(f"{annotations}: {len(missing)} annotated image(s) not found under "
+                             f"{images_dir}: {shown}; pass --images pointing at the folder that holds them")
+        if wrong_size:
+            shown = "; ".join(wrong_size[:3]) + (f"; and {len(wrong_size) - 3} more" if len(wrong_size) > 3 else "")
+            raise InputError(f"{annotations}: image size differs from the annotation (EXIF rotation "
+                             f"applied): {shown}. These annotations belong to other versions of the images")
+
+        order = [n for n in ALL_CLASSES if n in set(dataset.label_names()) |
+                 {i.label for im in dataset.images for i in im.instances}]
+        category = {name: k + 1 for k, name in enumerate(order)}
+        coco = {"info": {"description": f"cvat-tools export of {annotations.name}"},
+                "licenses": [], "images": [], "annotations": [],
+                "categories": [{"id": category[n], "name": n, "supercategory": "cell"} for n in order]}
+        per_class: Counter[str] = Counter()
+        skipped = list(dataset.skipped)
+        repaired = []
+        out_names = _output_names([im.name for im in dataset.images])
+
+        with atomic_dir(out) as tmp:
+            for sub in ("images", "masks") + (("crops",) if crops else ()):
+                (tmp / sub).mkdir()
+            ann_id = 1
+            bar = tqdm(list(zip(dataset.images, files, out_names)), desc="export", unit="img",
+                       dynamic_ncols=True, disable=not progress or None)
+            for image_id, (image, path, out_name) in enumerate(bar, 1):
+                _link_or_copy(path, tmp / "images" / out_name)
+                coco["images"].append({"id": image_id, "file_name": out_name,
+                                       "width": image.width, "height": image.height})
+                stem = Path(out_name).stem
+                pixels = load_image(path) if crops else None
+                k = 0
+                for inst in image.instances:
+                    outline, reason = outline_instance(inst, image.width, image.height)
+                    if outline is None:
+                        skipped.append({"image": image.name, "label": inst.label, "reason": reason})
+                        continue
+                    if outline.note:
+                        repaired.append({"image": image.name, "label": inst.label, "note": outline.note})
+                    m = outline.mask
+                    full = np.zeros((image.height, image.width), dtype=np.uint8)
+                    full[m.top:m.top + m.height, m.left:m.left + m.width][m.bitmap] = 255
+                    mask_file = f"masks/{stem}_{k}.png"
+                    if not cv2.imwrite(str(tmp / mask_file), full):
+                        raise InputError(f"{out}: cannot write {mask_file} (disk full?)")
+                    if pixels is not None:
+                        crop = cell_crop(pixels, m.bitmap, m.left, m.top, size=crop_size)
+                        folder = tmp / "crops" / _label_folder(inst.label)
+                        folder.mkdir(exist_ok=True)
+                        cv2.imwrite(str(folder / f"{stem}_{k}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+                    xs = [p[0] for p in outline.polygon]
+                    ys = [p[1] for p in outline.polygon]
+                    attributes = {"occluded": bool(inst.occluded), "z_order": inst.z_order, **inst.attributes}
+                    ann = {
+                        "id": ann_id, "image_id": image_id, "category_id": category[inst.label],
+                        "segmentation": [[round(v, 3) for xy in outline.polygon for v in xy]],
+                        "area": int(m.bitmap.sum()),
+                        "bbox": [round(min(xs), 3), round(min(ys), 3),
+                                 round(max(xs) - min(xs), 3), round(max(ys) - min(ys), 3)],
+                        "iscrowd": 0, "attributes": attributes,
+                        "mask_file": mask_file, "source_label": source_labels.get(id(inst), inst.label),
+                    }
+                    if inst.score is not None:
+                        ann["score"] = inst.score
+                    coco["annotations"].append(ann)
+                    per_class[inst.label] += 1
+                    ann_id += 1
+                    k += 1
+            (tmp / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
+            manifest = {
+                "source": str(annotations),
+                "format": format,
+                "images_dir": str(images_dir),
+                "label_map": str(label_map_file) if label_map_file else None,
+                "images": len(coco["images"]),
+                "instances": len(coco["annotations"]),
+                "per_class": {n: per_class[n] for n in order if per_class[n]},
+                "crops": bool(crops),
+                "crop_size": crop_size,
+                "skipped": skipped,
+                "repaired": repaired,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return manifest
+
+
+@click.command("export")
+@click.argument("annotations", type=click.Path(exists=True))
+@click.option("--images", "images", type=click.Path(file_okay=False),
+              help="folder with the annotated images (default: the images inside the export)")
+@click.option("--out", "out", required=True, type=click.Path(),
+              help="training folder to write (annotations.json, images/, masks/, manifest.json)")
+@click.option("--format", "fmt", type=click.Choice(["auto", "cvat", "coco", "yolo", "thesis"]),
+              default="auto", show_default=True, help="annotation format of ANNOTATIONS")
+@click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False),
+              help="YAML/JSON mapping of label names in the file to the project's labels")
+@click.option("--crops", is_flag=True, help="also write masked per-cell crops under crops/<label>/")
+@click.option("--crop-size", type=int, default=None, help="resize crops to N x N px (default: natural size)")
+def export(annotations, images, out, fmt, label_map, crops, crop_size):
+    """Turn CVAT annotations (XML, COCO, YOLO, thesis JSON or the export .zip) into a
+    training folder: COCO annotations.json + images/ + one PNG mask per cell (+ crops)."""
+    manifest = run_export(annotations, images, out, fmt, label_map, crops, crop_size)
+    click.echo(f"exported {manifest['instances']} cells from {manifest['images']} images to {out}: "
+               + ", ".join(f"{n} {c}" for n, c in manifest["per_class"].items()))
+    if manifest["skipped"]:
+        click.echo(f"{len(manifest['skipped'])} shape(s) skipped (see {Path(out) / MANIFEST}):", err=True)
+        for item in manifest["skipped"][:10]:
+            click.echo(f"  {item['image']}: {item['label']}: {item['reason']}", err=True)
+    if manifest["repaired"]:
+        click.echo(f"{len(manifest['repaired'])} polygon(s) repaired (listed in the manifest)", err=True)
