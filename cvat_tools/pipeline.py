@@ -227,7 +227,14 @@ class Pipeline:
 
     def _instance(self, detection: Any, decision: Any) -> Instance:
         refiner_label = decision.refiner_label or NO_REFINER
-        needs_review = (not decision.agree) or float(decision.score) < self.review_threshold
+        # A disagreement counts only where the refiner has a say: for band and blast cells
+        # (labels.CLASSIFIER_FINAL) it does not know the class, so it cannot agree.
+        disagree = (
+            decision.refiner_label is not None
+            and decision.refiner_label != decision.classifier_label
+            and decision.classifier_label not in label_set.CLASSIFIER_FINAL
+        )
+        needs_review = disagree or float(decision.score) < self.review_threshold
         attributes = {
             ATTR_CLASSIFIER: decision.classifier_label,
             ATTR_CLASSIFIER_SCORE: percent(decision.classifier_score),

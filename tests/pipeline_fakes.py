@@ -52,7 +52,9 @@ class FakeModel:
         for i, crop in enumerate(crops):
             assert crop.shape == (self.input_size, self.input_size, 3) and crop.dtype == np.uint8
             label, score = self.answers[(start + i) % len(self.answers)]
-            out.append(FakePrediction(label, score))
+            probs = {name: 0.0 for name in self.labels}
+            probs[label] = score
+            out.append(FakePrediction(label, score, probs))
         return out
 
 
@@ -86,21 +88,3 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
-
-@dataclass
-class FakeDecision:
-    label: str
-    score: float
-    classifier_label: str
-    classifier_score: float
-    refiner_label: str | None
-    refiner_score: float | None
-    agree: bool
-
-
-def fake_rule(clf, ref=None):
-    """The thesis rule in miniature: refiner final unless band/blast or absent."""
-    if ref is None or clf.label in labels.CLASSIFIER_FINAL:
-        return FakeDecision(clf.label, clf.score, clf.label, clf.score, None, None, True)
-    return FakeDecision(ref.label, ref.score, clf.label, clf.score, ref.label, ref.score,
-                        ref.label == clf.label)

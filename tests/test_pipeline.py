@@ -12,7 +12,7 @@ from cvat_tools.pipeline import (
     NO_REFINER, Pipeline, attribute_specs, check_attributes, label_specs, percent,
 )
 from pipeline_fakes import (
-    FakeModel, GridSegmenter, TINY_INPUT, fake_rule, make_random_classifier,
+    FakeModel, GridSegmenter, TINY_INPUT, make_random_classifier,
 )
 
 
@@ -53,17 +53,20 @@ def test_needs_review_on_disagreement_or_low_score():
     clf = FakeModel([("neutrophil", 0.9), ("neutrophil", 0.9), ("band cell", 0.95),
                      ("monocyte", 0.5)])
     ref = FakeModel([("neutrophil", 0.8), ("eosinophil", 0.9), ("neutrophil", 0.99),
-                     ("monocyte", 0.55)])
-    pipe = Pipeline(GridSegmenter(4), clf, ref, rule=fake_rule, review_threshold=0.6)
+                     ("monocyte", 0.55)], labels_=labels.SHARED_CLASSES)
+    pipe = Pipeline(GridSegmenter(4), clf, ref, review_threshold=0.6)  # real rule.combine
     out = pipe.run(image, threshold=0.5)
     assert [i.label for i in out] == ["neutrophil", "eosinophil", "band cell", "monocyte"]
     review = [i.attributes["needs_review"] for i in out]
-    # agree+confident, disagree, band (classifier final), agree but low score
+    # agree+confident, disagree, band (classifier final: the refiner cannot know it), low score
     assert review == ["false", "true", "false", "true"]
     assert out[1].attributes["classifier"] == "neutrophil"
     assert out[1].attributes["refiner"] == "eosinophil"
     assert out[1].attributes["refiner_score"] == "90"
-    assert out[2].attributes["refiner"] == NO_REFINER
+    assert out[2].attributes["refiner"] == "neutrophil"  # its answer is shown, not used
+    no_ref = Pipeline(GridSegmenter(1), FakeModel([("lymphocyte", 0.9)])).run(image)
+    assert no_ref[0].attributes["refiner"] == NO_REFINER
+    assert no_ref[0].attributes["refiner_score"] == "0"
     for inst in out:
         assert check_attributes(inst) == []
         assert isinstance(inst.geometry, Mask)
@@ -72,7 +75,7 @@ def test_needs_review_on_disagreement_or_low_score():
 def test_crops_are_batched_and_threshold_filters():
     image = np.full((200, 200, 3), 200, np.uint8)
     clf = FakeModel([("lymphocyte", 0.9)], input_size=24)
-    pipe = Pipeline(GridSegmenter(70, side=8), clf, rule=fake_rule)
+    pipe = Pipeline(GridSegmenter(70, side=8), clf)
     out = pipe.run(image, threshold=0.0)
     assert len(out) == 70 and clf.batches == [32, 32, 6]
     assert all(i.attributes["refiner"] == NO_REFINER for i in out)
@@ -82,7 +85,7 @@ def test_crops_are_batched_and_threshold_filters():
 
 
 def test_bad_input_is_refused():
-    pipe = Pipeline(GridSegmenter(1), FakeModel([("lymphocyte", 0.9)]), rule=fake_rule)
+    pipe = Pipeline(GridSegmenter(1), FakeModel([("lymphocyte", 0.9)]))
     with pytest.raises(InputError, match="RGB uint8"):
         pipe.run(np.zeros((10, 10), np.uint8))
     with pytest.raises(InputError, match="threshold"):
@@ -90,7 +93,7 @@ def test_bad_input_is_refused():
 
 
 def test_segmentation_only_labels_wbc():
-    out = Pipeline(GridSegmenter(2), None, rule=fake_rule).run(np.zeros((20, 40, 3), np.uint8))
+    out = Pipeline(GridSegmenter(2), None).run(np.zeros((20, 40, 3), np.uint8))
     assert [i.label for i in out] == ["wbc", "wbc"] and out[0].attributes == {}
 
 

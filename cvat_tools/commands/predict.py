@@ -1,0 +1,287 @@
+"""``cvat-tools predict``: annotate image files with the Pipeline, for CVAT's "Upload annotations".
+
+    OUT/annotations.xml | instances_default.json | annotations.json | yolo/   (by --format)
+    OUT/labels.json          the label set with its attributes, as CVAT's label constructor
+                             ("Raw") takes it: create the task from it so the import matches
+    OUT/overlays/*.png       --overlay: outlines, label and score drawn on each image
+    OUT/report/counts.csv    --report: differential count per image and in total
+    OUT/report/counts.png    --report: bar chart of the total differential count
+    OUT/predict.json         what was run: models, threshold, images, failures
+
+OUT is written beside itself and swapped in whole at the end (no half-written output). Bad
+files (corrupt, not images, too large) are skipped and listed at the end with the reason; the
+command then exits 1 after writing the good ones.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..atomic import atomic_dir
+from ..errors import CvatToolsError, InputError
+from ..formats.annotations import Dataset, ImageAnnotation, Instance, Mask
+from ..imaging import IMAGE_SUFFIXES, list_images, load_image
+
+FORMATS = {  # --format -> what is written under OUT
+    "cvat": "annotations.xml",
+    "coco": "instances_default.json",
+    "json": "annotations.json",
+    "yolo": "yolo",
+}
+MARKER = "predict.json"  # marks OUT as ours: only such a folder may be replaced
+
+
+@dataclass
+class ImageInput:
+    path: Path
+    name: str  # the name CVAT matches: relative to the folder given, else the file name
+
+
+def collect_inputs(paths: tuple[str, ...]) -> tuple[list[ImageInput], list[str]]:
+    """Image files from files and folders (recursive), and "path: reason" for what is not."""
+    found: list[ImageInput] = []
+    bad: list[str] = []
+    seen: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            images = list_images(path)
+            if not images:
+                bad.append(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            entries = [ImageInput(p, p.relative_to(path).as_posix()) for p in images]
+        elif path.exists():
+            entries = [ImageInput(path, path.name)]
+        else:
+            bad.append(f"{path}: no such file or folder")
+            continue
+        for entry in entries:
+            if entry.name in seen:
+                bad.append(f"{entry.path}: another input already has the name {entry.name!r}")
+                continue
+            seen.add(entry.name)
+            found.append(entry)
+    return found, bad
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace a folder that is not an earlier predict output."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise InputError(
+            f"{out}: exists and is not a 'cvat-tools predict' output folder; choose a new or "
+            "empty --out (it is replaced as a whole)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# overlays and the differential count
+
+
+def _palette(labels: list[str]) -> dict[str, tuple[int, int, int]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return {name: tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i, name in enumerate(labels)}
+
+
+def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> np.ndarray:
+    """The image with each cell's outline, label and detection score."""
+    import cv2
+
+    canvas = image.copy()
+    scale = max(image.shape[:2]) / 1000.0
+    thickness = max(1, int(round(2 * scale)))
+    for inst in instances:
+        mask = inst.geometry
+        assert isinstance(mask, Mask)
+        color = colors.get(inst.label, (255, 255, 0))
+        contours, _ = cv2.findContours(np.asarray(mask.bitmap, np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE, offset=(mask.left, mask.top))
+        cv2.drawContours(canvas, contours, -1, color, thickness)
+        review = inst.attributes.get("needs_review") == "true"
+        text = f"{inst.label} {inst.score:.2f}" + (" ?" if review else "")
+        font_scale = max(0.4, 0.6 * scale)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        x = int(min(max(mask.left, 0), max(image.shape[1] - tw, 0)))
+        y = int(mask.top - 4 if mask.top - th - base - 4 > 0 else mask.top + mask.height + th + 4)
+        y = min(max(y, th + 2), image.shape[0] - base - 1)
+        cv2.rectangle(canvas, (x, y - th - 2), (x + tw, y + base), (255, 255, 255), -1)
+        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, thickness,
+                    cv2.LINE_AA)
+    return canvas
+
+
+def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None:
+    """counts.csv (per image and TOTAL: count, percent, needs_review per cell type) + counts.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    total: Counter = Counter()
+    total_review: Counter = Counter()
+    for image in dataset.images:
+        counts = Counter(inst.label for inst in image.instances)
+        review = Counter(inst.label for inst in image.instances
+                         if inst.attributes.get("needs_review") == "true")
+        total.update(counts)
+        total_review.update(review)
+        rows.extend(_count_rows(image.name, counts, review, class_order))
+    rows.extend(_count_rows("TOTAL", total, total_review, class_order))
+    with open(folder / "counts.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "cell_type", "count", "percent", "needs_review"])
+        writer.writerows(rows)
+    _bar_chart(total, class_order, folder / "counts.png", len(dataset.images))
+
+
+def _count_rows(name: str, counts: Counter, review: Counter, order: list[str]) -> list[list]:
+    n = sum(counts.values())
+    labels = order + sorted(set(counts) - set(order))
+    return [[name, label, counts[label], f"{100.0 * counts[label] / n:.1f}" if n else "0.0",
+             review[label]] for label in labels]
+
+
+def _bar_chart(total: Counter, order: list[str], path: Path, n_images: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = order + sorted(set(total) - set(order))
+    n = sum(total.values())
+    values = [100.0 * total[label] / n if n else 0.0 for label in labels]
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    bars = ax.bar(range(len(labels)), values, color="#4c72b0")
+    for bar, label in zip(bars, labels):
+        if total[label]:
+            ax.annotate(str(total[label]), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+    ax.set_ylabel("% of white blood cells")
+    ax.set_title(f"Differential count: {n} cells in {n_images} images")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cvat_label_constructor() -> list[dict]:
+    """CVAT's label constructor JSON ("Raw" tab) for our labels and attributes."""
+    from ..pipeline import label_specs
+
+    return [
+        {"name": spec.name, "type": "any", "attributes": [
+            {"name": a.name, "mutable": a.mutable, "input_type": a.input_type,
+             "default_value": a.default, "values": list(a.values)}
+            for a in spec.attributes]}
+        for spec in label_specs()
+    ]
+
+
+def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
+    target = folder / FORMATS[fmt]
+    if fmt == "cvat":
+        from ..formats.cvat_xml import write_cvat_xml
+
+        return write_cvat_xml(dataset, target, task_name="cvat-tools predict")
+    if fmt == "coco":
+        from ..formats.coco import write_coco
+
+        return write_coco(dataset, target)
+    if fmt == "json":
+        from ..formats.thesis_json import write_thesis_json
+
+        return write_thesis_json(dataset, target)
+    from ..formats.yolo import write_yolo
+
+    return write_yolo(dataset, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIRS...")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (replaced as a whole; must be new, empty or an earlier output).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="cvat", show_default=True,
+              help="cvat: CVAT for images 1.1 XML; coco: COCO 1.0 instances; json: thesis JSON; "
+                   "yolo: Ultralytics YOLO segmentation.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Minimum detection score of a cell.")
+@click.option("--overlay", is_flag=True, help="Write overlays/*.png with outlines, labels, scores.")
+@click.option("--report", is_flag=True, help="Write report/counts.csv and report/counts.png.")
+@click.option("--weights", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with segmenter/ classifier/ refiner/ bundles (default: shipped).")
+@click.option("--segmenter", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Segmenter bundle (default: shipped Mask R-CNN, else classical watershed).")
+@click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Classifier bundle (default: shipped).")
+@click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="DANN refiner bundle (default: shipped; none = classifier's answer is final).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.pass_context
+def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
+            refiner, device):
+    """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders)."""
+    from tqdm import tqdm
+
+    from ..pipeline import Pipeline, label_specs
+
+    check_out(out)
+    images, failures = collect_inputs(inputs)
+    if not images:
+        raise InputError("no image among the inputs: " + "; ".join(failures))
+    pipeline = Pipeline.load(segmenter=segmenter, classifier=classifier, refiner=refiner,
+                             weights=weights, device=device)
+    dataset = Dataset(labels=label_specs())
+    class_order = [spec.name for spec in dataset.labels]
+    colors = _palette(class_order)
+    with atomic_dir(out) as tmp:
+        if overlay:
+            (tmp / "overlays").mkdir()
+        for item in tqdm(images, desc="predict", unit="image", disable=None):
+            try:
+                rgb = load_image(item.path)
+                instances = pipeline.run(rgb, threshold=threshold)
+            except CvatToolsError as exc:
+                message = str(exc)
+                if not message.startswith(str(item.path)):
+                    message = f"{item.path}: {message}"
+                failures.append(message)
+                continue
+            height, width = rgb.shape[:2]
+            dataset.images.append(ImageAnnotation(item.name, width, height, instances,
+                                                  id=len(dataset.images)))
+            if overlay:
+                from PIL import Image
+
+                name = item.name.replace("/", "__").rsplit(".", 1)[0] + ".png"
+                Image.fromarray(draw_overlay(rgb, instances, colors)).save(tmp / "overlays" / name)
+        if not dataset.images:  # nothing to write: leave OUT as it was
+            raise InputError("no image could be annotated: " + "; ".join(failures))
+        write_annotations(dataset, fmt, tmp)
+        (tmp / "labels.json").write_text(json.dumps(cvat_label_constructor(), indent=2) + "\n")
+        if report:
+            write_report(dataset, tmp / "report", class_order)
+        summary = {
+            "threshold": threshold,
+            "format": fmt,
+            "models": vars(pipeline.info),
+            "images": [{"name": im.name, "cells": len(im.instances)} for im in dataset.images],
+            "failed": failures,
+            "skipped_by_writer": dataset.skipped,
+        }
+        (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+    cells = sum(len(im.instances) for im in dataset.images)
+    click.echo(f"{cells} cells in {len(dataset.images)} images -> {out}"
+               f"{os.sep}{FORMATS[fmt]}")
+    if failures:
+        click.echo(f"{len(failures)} input(s) could not be annotated:", err=True)
+        for message in failures:
+            click.echo(f"  {message}", err=True)
+        ctx.exit(1)
