@@ -24,6 +24,9 @@ from .base import Detection, check_image, detection_from_full
 
 # Thesis thresholds (degrees, 0-255 S and V), translated to OpenCV's hue = degrees / 2.
 HUE_DEG = (100.0, 300.0)
+# Rapid stains (JTSC) colour nuclei magenta (~305-330 degrees): single-cell images retry with
+# this band when the thesis band finds no nucleus near the centre.
+HUE_DEG_WIDE = (100.0, 335.0)
 SAT_RANGE = (20, 245)
 VAL_RANGE = (20, 245)
 DILATE_ITERATIONS = 3
@@ -62,7 +65,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return out.astype(bool)
 
 
-def stain_masks(rgb: np.ndarray, blue_margin: float = BLUE_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+def stain_masks(rgb: np.ndarray, blue_margin: float = BLUE_MARGIN, hue_deg: tuple[float, float] = HUE_DEG) -> tuple[np.ndarray, np.ndarray]:
     """(cell, nucleus) bool masks of an RGB uint8 image.
 
     ``nucleus``: the thesis's HSV band, the strongly saturated part (Otsu split, at least
@@ -72,9 +75,8 @@ def stain_masks(rgb: np.ndarray, blue_margin: float = BLUE_MARGIN) -> tuple[np.n
     """
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    lo, hi = HUE_DEG[0] / 2, HUE_DEG[1] / 2
+    lo, hi = hue_deg[0] / 2, hue_deg[1] / 2
     violet = (h >= lo) & (h <= hi) & (v >= VAL_RANGE[0]) & (v <= VAL_RANGE[1])
-    stained = violet & (s >= SAT_RANGE[0]) & (s <= SAT_RANGE[1])
     sat = s[violet]
     if sat.size > 16:
         otsu, _ = cv2.threshold(sat.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -185,6 +187,12 @@ class ClassicalSegmenter:
                 out.append(det)
         return out
 
+    def segment_single_cell(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
+        """Single-cell images (PBC, JTSC): the centre cell by :func:`centre_cell_mask`."""
+        mask = centre_cell_mask(image)
+        det = None if mask is None else detection_from_full(mask, 1.0)
+        return [det] if det is not None else []
+
 
 def _score(mask: np.ndarray, nucleus: np.ndarray) -> float:
     """A plain confidence: how much of the cell is nucleus-stained, saturating at 30%."""
@@ -202,11 +210,19 @@ def centre_cell_mask(image: np.ndarray) -> np.ndarray | None:
     """Whole-cell mask (bool, image size) of the cell at the centre of a single-cell image
     (PBC 360x363, JTSC 120x120 ...), or None when no stained cell is near the centre."""
     image = check_image(image)
+    for band in (HUE_DEG, HUE_DEG_WIDE):
+        mask = _centre_cell_mask(image, band)
+        if mask is not None:
+            return mask
+    return None
+
+
+def _centre_cell_mask(image: np.ndarray, hue_deg: tuple[float, float]) -> np.ndarray | None:
     h, w = image.shape[:2]
     small, scale = _resize(image, CELL_LONG_SIDE)
     sh, sw = small.shape[:2]
     unit = CELL_LONG_SIDE / 360
-    stained, nucleus = stain_masks(small)
+    stained, nucleus = stain_masks(small, hue_deg=hue_deg)
     fg, nucleus = _cells_from_stain(stained, nucleus, unit)
     # Cut the narrow necks to touching red cells: opening with a disk wider than a neck.
     fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, _disk(round(NECK_RADIUS * unit)))

@@ -1,0 +1,110 @@
+"""``cvat-tools evaluate segmenter``: mask AP, box AP50 and Dice on held-out data."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+
+
+def _overlay(image, gt_masks, dets, path: Path) -> None:
+    """Ground truth in blue, predictions in green with their score."""
+    import cv2
+    import numpy as np
+
+    out = image.copy()
+    for m in gt_masks:
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, (0, 80, 255), 2)
+    for d in dets:
+        contours, _ = cv2.findContours(d.mask.bitmap.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE, offset=(d.mask.left, d.mask.top))
+        cv2.drawContours(out, contours, -1, (0, 220, 0), 2)
+        x1, y1, _, _ = d.box
+        cv2.putText(out, f"{d.score:.2f}", (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 160, 0), 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+
+
+def evaluate(segmenter, samples, single_cell: bool, overlays: Path | None = None, limit: int | None = None):
+    """Scores of one segmenter over samples; also seconds per image."""
+    from tqdm import tqdm
+
+    from ..imaging import load_image
+    from ..segment.single_cell import segment_single_cell
+    from ..train.metrics import SegmentationScores
+
+    scores = SegmentationScores()
+    seconds = 0.0
+    for sample in tqdm(samples[:limit] if limit else samples, desc=segmenter.name, unit="img", leave=False):
+        image = load_image(sample.image)
+        h, w = image.shape[:2]
+        t0 = time.perf_counter()
+        # Low threshold: AP needs the whole ranking; Dice uses detections scoring >= 0.5.
+        if single_cell:
+            dets = segment_single_cell(segmenter, image, threshold=0.05)
+        else:
+            dets = segmenter.segment(image, threshold=0.05)
+        seconds += time.perf_counter() - t0
+        gt = sample.load_masks()
+        scores.add([d.full_mask(h, w) for d in dets], [d.score for d in dets], gt)
+        if overlays is not None:
+            name = Path(sample.name or sample.image.name).with_suffix(".png").name
+            _overlay(image, gt, [d for d in dets if d.score >= 0.5], overlays / segmenter.name / name)
+    summary = scores.summary()
+    summary["seconds_per_image"] = seconds / max(scores.n_images, 1)
+    return summary
+
+
+@click.command("segmenter")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="export (COCO) folder, BCCD folder or JTSC folder (detected from its files)")
+@click.option("--bundle", "bundles", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="segmenter bundle (repeatable); default: the shipped one")
+@click.option("--classical", is_flag=True, help="also (or only) score the classical watershed segmenter")
+@click.option("--split", default=None, help="BCCD: split to score (default test)")
+@click.option("--overlays", type=click.Path(file_okay=False), default=None,
+              help="write overlay PNGs (ground truth blue, prediction green) here")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="also write the scores as JSON")
+@click.option("--limit", type=int, default=None, help="score only the first N images")
+@click.option("--threads", type=int, default=2, help="CPU threads for the model")
+def segmenter(data, bundles, classical, split, overlays, json_out, limit, threads):
+    """Score segmenters on held-out data: COCO mask AP (0.50:0.95), AP50, AP75, box AP50,
+    mean Dice of each ground-truth cell with its best prediction (score >= 0.5)."""
+    import torch
+
+    from ..atomic import atomic_path
+    from ..segment.base import load_segmenter
+    from ..segment.classical import ClassicalSegmenter
+    from ..train.segmentation_data import detect_format, read_samples
+
+    torch.set_num_threads(threads)
+    fmt = detect_format(data)
+    if fmt == "bccd":
+        split = split or "test"
+    elif split is not None:
+        raise InputError(f"{data} is a {fmt} folder without splits; drop --split")
+    samples = read_samples(data, split)
+    segmenters = [load_segmenter(b) for b in bundles]
+    if classical:
+        segmenters.append(ClassicalSegmenter())
+    if not segmenters:
+        segmenters.append(load_segmenter(None))
+    single_cell = fmt == "jtsc"
+    results = {}
+    for seg in segmenters:
+        key = seg.name if seg.name not in results else f"{seg.name}#{len(results)}"
+        results[key] = evaluate(seg, samples, single_cell, Path(overlays) if overlays else None, limit)
+    where = f"{data}" + (f" [{split}]" if split else "")
+    click.echo(f"segmentation scores on {where}" + (" (single cells, upscaled x1.67 onto a 640x480 field)" if single_cell else ""))
+    cols = ["images", "cells", "mask_AP", "mask_AP50", "mask_AP75", "box_AP50", "mean_dice", "seconds_per_image"]
+    click.echo(f"{'segmenter':<12}" + "".join(f"{c:>18}" for c in cols))
+    for name, r in results.items():
+        cells = "".join(f"{r[c]:>18}" if isinstance(r[c], int) else f"{r[c]:>18.4f}" for c in cols)
+        click.echo(f"{name:<12}{cells}")
+    if json_out:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps({"data": str(data), "split": split, "results": results}, indent=2) + "\n")
