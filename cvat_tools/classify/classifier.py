@@ -1,0 +1,115 @@
+"""The cell classifier: masked single-cell crop -> one of the model's labels, with probabilities.
+
+A bundle of kind "classifier" holds an EfficientNet-Lite fine-tuned on masked crops
+(crops.cell_crop). Its manifest says the labels, the input size and the stain normalization it
+was trained with; :class:`CellClassifier` applies exactly those before the network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..bundle import load_bundle, shipped_bundle
+from ..errors import BundleError, InputError
+from .backbones import MEAN, STD, create_backbone
+from .stain import StainNormalizer
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    probs: dict[str, float]  # over the model's labels
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        return sorted(self.probs.items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+
+def build_classifier(backbone: str, num_classes: int, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
+    """EfficientNet-Lite with a fresh head of ``num_classes`` (ImageNet-initialized body)."""
+    return create_backbone(backbone, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+
+
+def to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """uint8 N x S x S x 3 -> float N x 3 x S x S scaled as EfficientNet-Lite expects."""
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def prepare(crops: list[np.ndarray], size: int, stain: StainNormalizer) -> np.ndarray:
+    """Resize to size x size (square-padded with the crop grey) and stain-normalize."""
+    from ..train.classification_data import resize_square
+
+    out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
+    for i, crop in enumerate(crops):
+        crop = np.asarray(crop)
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+            raise InputError(f"crop {i}: expected an RGB uint8 H x W x 3 array, got {crop.dtype} {crop.shape}")
+        out[i] = stain(resize_square(crop, size))
+    return out
+
+
+class _BundleModel:
+    """What the classifier and the refiner share: a bundle, its labels, preprocessing, predict."""
+
+    kind = "classifier"
+    labels: list[str]
+    input_size: int
+
+    def __init__(self, model: nn.Module, labels: list[str], input_size: int,
+                 stain: StainNormalizer, device: str = "cpu", manifest: dict | None = None):
+        self.model = model.to(device).eval()
+        self.labels = list(labels)
+        self.input_size = int(input_size)
+        self.stain = stain
+        self.device = device
+        self.manifest = manifest or {}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    @torch.no_grad()
+    def predict(self, crops: list[np.ndarray], batch_size: int = 64) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(crops), batch_size):
+            batch = prepare(crops[start:start + batch_size], self.input_size, self.stain)
+            probs = torch.softmax(self.logits(to_tensor(batch).to(self.device)), dim=1).cpu().numpy()
+            for row in probs:
+                best = int(row.argmax())
+                out.append(Prediction(self.labels[best], float(row[best]),
+                                      {lab: float(p) for lab, p in zip(self.labels, row)}))
+        return out
+
+
+def _resolve(path, kind: str) -> Path:
+    if path is None:
+        path = shipped_bundle(kind)
+        if path is None:
+            raise BundleError(
+                f"no shipped {kind} bundle in cvat_tools/weights/{kind}; pass --bundle or train one "
+                f"with 'cvat-tools train {kind}'"
+            )
+    return Path(path)
+
+
+class CellClassifier(_BundleModel):
+    """Wraps a bundle of kind "classifier"."""
+
+    @classmethod
+    def from_bundle(cls, path=None, device: str = "cpu") -> "CellClassifier":
+        bundle = load_bundle(_resolve(path, "classifier"), kind="classifier")
+        arch = bundle.architecture
+        model = build_classifier(arch.get("backbone", "efficientnet_lite0"), len(bundle.labels), pretrained=False)
+        try:
+            model.load_state_dict(bundle.state_dict)
+        except RuntimeError as exc:
+            raise BundleError(f"{bundle.path}: weights do not fit {arch} ({str(exc)[:200]})") from None
+        stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
+        return cls(model, bundle.labels, bundle.manifest.get("input_size", 128), stain, device, bundle.manifest)

@@ -1,0 +1,39 @@
+"""``cvat-tools train refiner``: domain-adversarial (DANN) refiner over the shared classes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("refiner")
+@click.option("--source", required=True, type=click.Path(path_type=Path),
+              help="Labelled source crops: the PBC folder or DIR/<class>/*.png.")
+@click.option("--target", "targets", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Unlabelled target domain (BCCD or JTSC folder, or a folder of crops); repeatable.")
+@click.option("--target-labels", type=click.Path(path_type=Path), help="A few labelled target crops: DIR/<class>/*.png.")
+@click.option("--classifier", type=click.Path(path_type=Path),
+              help="Classifier bundle to start from (its body and held-out split); default: the shipped one.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--stain", default="reinhard", show_default=True, type=click.Choice(["none", "reinhard"]))
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--size", type=click.IntRange(32, 512), help="Input size (default: the classifier's).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2), help="Per domain.")
+@click.option("--lr", default=3e-4, show_default=True, type=float)
+@click.option("--domain-weight", default=1.0, show_default=True, type=float, help="Scales the reversed gradient.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--cache", type=click.Path(path_type=Path), help="Source crop cache .npz (shared with the classifier).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
+def refiner(source, targets, target_labels, classifier, out, stain, epochs, size, batch_size, lr,
+            domain_weight, seed, cache, threads, resume):
+    """Train the DANN refiner (labels: the shared classes) and write a bundle of kind "refiner"."""
+    from ..bundle import shipped_bundle
+    from ..train.refiner import RefinerConfig, train_refiner
+
+    classifier = classifier or shipped_bundle("classifier")
+    cfg = RefinerConfig(source=source, targets=list(targets), out=out, classifier=classifier,
+                        target_labels=target_labels, epochs=epochs, size=size, batch_size=batch_size, lr=lr,
+                        domain_weight=domain_weight, stain=stain, seed=seed, cache=cache, threads=threads,
+                        resume=resume)
+    click.echo(f"wrote {train_refiner(cfg)}")

@@ -1,0 +1,241 @@
+"""Train the cell classifier, top to bottom.
+
+    samples  -> checks -> sha1 dedupe -> seeded stratified split (persisted in the bundle)
+             -> crop cache (once) -> stain reference from train -> EfficientNet-Lite (ImageNet)
+             -> class-balanced sampling + augmentation (train only) -> Adam, cosine LR
+             -> val macro-F1 each epoch, checkpoint each epoch (--resume), best-on-val kept
+             -> scores on the held-out test split -> fp16 bundle (kind "classifier")
+
+torchrun-ready: with WORLD_SIZE > 1 the model is wrapped in DistributedDataParallel and each
+rank draws its own batches; only rank 0 evaluates and writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import labels as L
+from ..bundle import save_bundle
+from ..classify.classifier import build_classifier, to_tensor
+from ..classify.stain import StainNormalizer
+from ..errors import InputError
+from . import classification_data as D
+from .augment import augment_batch
+from .classification_metrics import classification_report
+
+
+@dataclass
+class ClassifierConfig:
+    out: Path
+    data: Path | None = None  # CROPS_DIR/<label>/*.png
+    pbc: Path | None = None  # the PBC folder (fine labels from file names, centre-cell crops)
+    epochs: int = 8
+    size: int = 112
+    backbone: str = "efficientnet_lite0"
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    stain: str = "none"
+    cache: Path | None = None  # .npz crop cache (reused when size and files match)
+    resume: bool = False
+    threads: int = 1
+    max_steps: int | None = None  # per epoch; for smoke tests
+    pretrained: bool = True
+    fractions: tuple[float, float, float] = D.DEFAULT_FRACTIONS
+    progress: bool = True
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(str(self.out) + ".work")
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    labels: list[str]
+    split: dict[str, list[D.Sample]]
+    crops: dict[str, D.CropCache]
+    stain: StainNormalizer
+    info: dict = field(default_factory=dict)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def prepare_data(cfg: ClassifierConfig) -> PreparedData:
+    """Everything that can fail on bad input happens here, before a single training step."""
+    if (cfg.data is None) == (cfg.pbc is None):
+        raise InputError("pass exactly one of --data CROPS_DIR or --pbc PBC_DIR")
+    pbc_mode = cfg.pbc is not None
+    root = Path(cfg.pbc if pbc_mode else cfg.data)
+    samples = D.pbc_samples(root) if pbc_mode else D.folder_samples(root)
+    D.check_samples(samples)
+    kept, dropped = D.dedupe(samples)
+    D.check_samples(kept)
+    split = D.stratified_split(kept, cfg.seed, cfg.fractions)
+    order = L.PBC_FINE_CLASSES if pbc_mode else L.ALL_CLASSES
+    labels = [lab for lab in order if any(s.label == lab for s in kept)]
+    everything = split["train"] + split["val"] + split["test"]
+    cache = D.build_cache(everything, cfg.size, pbc_mode, cfg.cache, progress=cfg.progress)
+    crops = {k: cache.subset(str(s.path) for s in v) for k, v in split.items()}
+    stain = StainNormalizer.fit(cfg.stain, crops["train"].images)
+    if stain.method != "none":
+        for part in crops.values():
+            part.images = np.stack([stain(c) for c in part.images])
+    info = {
+        "source": "pbc" if pbc_mode else "crops",
+        "root": str(root),
+        "images_found": len(samples),
+        "duplicates_dropped": len(dropped),
+        "crop_mask": cache.info.get("mask"),
+        "mask_missed": cache.info.get("mask_missed"),
+        "counts": {k: {lab: sum(s.label == lab for s in v) for lab in labels} for k, v in split.items()},
+    }
+    return PreparedData(root, labels, split, crops, stain, info)
+
+
+def balanced_indices(targets: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices drawn with replacement so every class is equally likely (weighted sampler)."""
+    counts = np.bincount(targets)
+    weights = 1.0 / counts[targets]
+    return rng.choice(len(targets), size=n, replace=True, p=weights / weights.sum())
+
+
+# --- model ----------------------------------------------------------------------------------
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+@torch.no_grad()
+def predict_cache(model: nn.Module, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Class probabilities for already-prepared (resized, stain-normalized) crops."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(torch.softmax(model(to_tensor(images[start:start + batch_size])), 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def score(model: nn.Module, cache: D.CropCache, labels: list[str]) -> dict:
+    probs = predict_cache(model, cache.images)
+    predicted = [labels[i] for i in probs.argmax(1)]
+    fine = classification_report(cache.labels, predicted, labels)
+    folded = classification_report([L.FINE_TO_PBC_FOLDER.get(t, t) for t in cache.labels],
+                                   [L.FINE_TO_PBC_FOLDER.get(p, p) for p in predicted])
+    return {"fine": fine.to_dict(), "pbc_folders": folded.to_dict()}
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, **state) -> None:
+    from ..atomic import atomic_path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot resume from this checkpoint ({exc}); delete it to start over") from None
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+def train_classifier(cfg: ClassifierConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    rank, world = _distributed()
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg)
+    labels = data.labels
+    index = L.label_index(labels)
+    train_x = data.crops["train"].images
+    train_y = np.array([index[lab] for lab in data.crops["train"].labels])
+
+    model = build_classifier(cfg.backbone, len(labels), pretrained=cfg.pretrained)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * world))
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(100, max(total // 20, 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+
+    work = cfg.work_dir
+    ckpt_path = work / "last.pt"
+    start_epoch, best_f1, best_state, history = 0, -1.0, None, []
+    if cfg.resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("labels") != labels or ckpt.get("size") != cfg.size:
+            raise InputError(f"{ckpt_path}: checkpoint was made for other labels or size; drop --resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        start_epoch, best_f1, best_state, history = ckpt["epoch"], ckpt["best_f1"], ckpt["best_state"], ckpt["history"]
+        print(f"resumed after epoch {start_epoch} (best val macro-F1 {best_f1:.4f})")
+
+    from tqdm import tqdm
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        picks = balanced_indices(train_y, steps_per_epoch * cfg.batch_size, rng)
+        t0, seen, loss_sum = time.time(), 0, 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank)
+        for step in bar:
+            idx = picks[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = to_tensor(augment_batch(train_x[idx], rng))
+            y = torch.from_numpy(train_y[idx])
+            loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        if rank == 0:
+            val = score(model, data.crops["val"], labels)
+            f1 = val["fine"]["macro_f1"]
+            history.append({"epoch": epoch + 1, "loss": round(loss_sum / max(seen, 1), 4), "val_macro_f1": f1,
+                            "val_accuracy": val["fine"]["accuracy"], "img_s": round(seen / (time.time() - t0), 1)})
+            print(json.dumps(history[-1]), flush=True)
+            if f1 > best_f1:
+                best_f1 = f1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            schedule=schedule.state_dict(), epoch=epoch + 1, best_f1=best_f1,
+                            best_state=best_state, history=history, labels=labels, size=cfg.size)
+    if rank != 0:
+        return cfg.out
+    model.load_state_dict(best_state)
+    test = score(model, data.crops["test"], labels)
+    print("held-out test (fine):", test["fine"]["macro_f1"], " (8 PBC folders):", test["pbc_folders"]["macro_f1"])
+    return save_bundle(
+        cfg.out, "classifier", model.state_dict(), labels,
+        architecture={"backbone": cfg.backbone, "head": "linear", "framework": "timm"},
+        input_size=cfg.size,
+        stain=data.stain.to_manifest(),
+        normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
+        training={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                  "data": data.info, "history": history},
+        metrics={"val_macro_f1": best_f1, "test": test},
+        split={"seed": cfg.seed, "fractions": list(cfg.fractions), "root": str(data.root),
+               "files": D.split_to_manifest(data.split, data.root)},
+    )

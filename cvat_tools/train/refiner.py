@@ -1,0 +1,217 @@
+"""Train the DANN refiner, top to bottom.
+
+    source: labelled PBC crops of the shared classes (the classifier's TRAIN split only, so its
+            held-out test split stays unseen) [+ a few labelled target crops, --target-labels]
+    target: unlabelled crops of other labs (BCCD train+val cells, JTSC, plain crop folders)
+    -> optional Reinhard stain normalization to the source's LAB reference (both domains)
+    -> DANN initialized from the trained classifier (body + head rows of the shared classes)
+    -> each step: equal-size source and target batches, both augmented;
+       loss = CE(source labels) + BCE(domain) behind the gradient reversal, lambda on the
+       Ganin-Lempitsky schedule; Adam
+    -> checkpoint each epoch (--resume); PBC val macro-F1 printed (target labels are never
+       used for model selection) -> fp16 bundle of kind "refiner", labels SHARED_CLASSES
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import labels as L
+from ..bundle import load_bundle, save_bundle
+from ..classify.classifier import to_tensor
+from ..classify.dann import DANN, grl_lambda
+from ..classify.stain import StainNormalizer
+from ..errors import InputError
+from . import classification_data as D
+from .augment import augment_batch
+from .classification import balanced_indices, load_checkpoint, predict_cache, save_checkpoint
+from .classification_metrics import classification_report
+
+
+@dataclass
+class RefinerConfig:
+    source: Path
+    targets: list[Path]
+    out: Path
+    classifier: Path | None = None  # init + split from this classifier bundle
+    target_labels: Path | None = None  # a few labelled target crops: DIR/<class>/*.png
+    epochs: int = 4
+    size: int | None = None  # default: the classifier's input size, else 112
+    backbone: str = "efficientnet_lite0"
+    batch_size: int = 32  # per domain
+    lr: float = 3e-4
+    domain_weight: float = 1.0
+    stain: str = "reinhard"
+    seed: int = 0
+    cache: Path | None = None
+    resume: bool = False
+    threads: int = 1
+    max_steps: int | None = None
+    pretrained: bool = True
+    progress: bool = True
+    labels: tuple[str, ...] = L.SHARED_CLASSES
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(str(self.out) + ".work")
+
+
+@dataclass
+class DomainData:
+    source_x: np.ndarray
+    source_y: np.ndarray
+    val_x: np.ndarray
+    val_y: list[str]
+    target_x: np.ndarray
+    stain: StainNormalizer
+    info: dict = field(default_factory=dict)
+
+
+def _source_split(cfg: RefinerConfig, classifier_manifest: dict | None) -> dict[str, list[D.Sample]]:
+    """The classifier's split when there is one (same images held out), else our own."""
+    wanted = set(cfg.labels)
+    files = (classifier_manifest or {}).get("split", {}).get("files")
+    if files and all((Path(cfg.source) / rel).is_file() for rel, _ in files["test"][:20]):
+        return {k: [s for s in D.split_from_manifest(files, cfg.source, k) if s.label in wanted]
+                for k in ("train", "val", "test")}
+    kind = D.dataset_kind(cfg.source)
+    samples = D.pbc_samples(cfg.source, cfg.labels) if kind == "pbc" else \
+        [s for s in D.folder_samples(cfg.source) if s.label in wanted]
+    D.check_samples(samples)
+    kept, _ = D.dedupe(samples)
+    return D.stratified_split(kept, cfg.seed)
+
+
+def prepare_domains(cfg: RefinerConfig, classifier_manifest: dict | None) -> DomainData:
+    """Load and check both domains before training; every failure here names its folder."""
+    if not cfg.targets:
+        raise InputError("pass at least one --target DIR (unlabelled crops of the other lab)")
+    split = _source_split(cfg, classifier_manifest)
+    missing = [lab for lab in cfg.labels if not any(s.label == lab for s in split["train"])]
+    if missing:
+        raise InputError(f"{cfg.source}: no source training images for {missing}; the refiner needs all of "
+                         f"{list(cfg.labels)}")
+    pbc_mode = D.dataset_kind(cfg.source) == "pbc"
+    train = D.build_cache(split["train"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress)
+    val = D.build_cache(split["val"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress)
+    targets, target_counts = [], {}
+    for root in cfg.targets:
+        crops = D.target_crops(root, cfg.size)
+        target_counts[str(root)] = len(crops)
+        targets += crops
+    index = L.label_index(cfg.labels)
+    source_x, source_y = train.images, np.array([index[lab] for lab in train.labels])
+    n_labelled_target = 0
+    if cfg.target_labels is not None:
+        few = [s for s in D.folder_samples(cfg.target_labels) if s.label in index]
+        if not few:
+            raise InputError(f"{cfg.target_labels}: no crops of the refiner's classes {list(cfg.labels)}")
+        few_cache = D.build_cache(few, cfg.size, False, None, progress=False)
+        source_x = np.concatenate([source_x, few_cache.images])
+        source_y = np.concatenate([source_y, [index[lab] for lab in few_cache.labels]])
+        n_labelled_target = len(few)
+    stain = StainNormalizer.fit(cfg.stain, train.images)
+    target_x = np.stack(targets)
+    if stain.method != "none":
+        source_x = np.stack([stain(c) for c in source_x])
+        target_x = np.stack([stain(c) for c in target_x])
+        val_images = np.stack([stain(c) for c in val.images])
+    else:
+        val_images = val.images
+    info = {"source": str(cfg.source), "source_train": int(len(train.images)),
+            "source_train_counts": {lab: int((source_y == i).sum()) for lab, i in index.items()},
+            "labelled_target_crops": n_labelled_target, "targets": target_counts,
+            "crop_mask": train.info.get("mask")}
+    return DomainData(source_x, source_y, val_images, val.labels, target_x, stain, info)
+
+
+def train_refiner(cfg: RefinerConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    classifier = load_bundle(cfg.classifier, kind="classifier") if cfg.classifier else None
+    if classifier is not None:
+        missing = [lab for lab in cfg.labels if lab not in classifier.labels]
+        if missing:
+            raise InputError(f"{cfg.classifier}: classifier lacks the refiner classes {missing}")
+        cfg.size = cfg.size or int(classifier.manifest.get("input_size", 112))
+        cfg.backbone = classifier.architecture.get("backbone", cfg.backbone)
+    cfg.size = cfg.size or 112
+    data = prepare_domains(cfg, classifier.manifest if classifier else None)
+    labels = list(cfg.labels)
+
+    model = DANN(len(labels), cfg.backbone, pretrained=cfg.pretrained and classifier is None)
+    if classifier is not None:
+        model.init_from_classifier(classifier.state_dict, classifier.labels, labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(data.source_x) / cfg.batch_size)
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+    total = steps_per_epoch * cfg.epochs
+
+    ckpt_path = cfg.work_dir / "last.pt"
+    start_epoch, history = 0, []
+    if cfg.resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("labels") != labels or ckpt.get("size") != cfg.size:
+            raise InputError(f"{ckpt_path}: checkpoint was made for other labels or size; drop --resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        print(f"resumed after epoch {start_epoch}")
+
+    from tqdm import tqdm
+    domain = torch.cat([torch.zeros(cfg.batch_size), torch.ones(cfg.batch_size)])
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        src = balanced_indices(data.source_y, steps_per_epoch * cfg.batch_size, rng)
+        tgt = rng.choice(len(data.target_x), size=steps_per_epoch * cfg.batch_size, replace=True)
+        t0, sums = time.time(), {"cls": 0.0, "dom": 0.0, "dom_acc": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        for step in bar:
+            lam = grl_lambda((epoch * steps_per_epoch + step) / max(total, 1))
+            s_idx = src[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            t_idx = tgt[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = np.concatenate([augment_batch(data.source_x[s_idx], rng), augment_batch(data.target_x[t_idx], rng)])
+            logits, dom_logits = model(to_tensor(batch), lam * cfg.domain_weight)
+            cls_loss = F.cross_entropy(logits[:cfg.batch_size], torch.from_numpy(data.source_y[s_idx]),
+                                       label_smoothing=0.1)
+            dom_loss = F.binary_cross_entropy_with_logits(dom_logits, domain)
+            loss = cls_loss + dom_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["cls"] += float(cls_loss.detach())
+            sums["dom"] += float(dom_loss.detach())
+            sums["dom_acc"] += float(((dom_logits > 0).float() == domain).float().mean())
+            bar.set_postfix(cls=f"{sums['cls'] / (step + 1):.3f}", dom=f"{sums['dom'] / (step + 1):.3f}",
+                            lam=f"{lam:.2f}")
+        val_pred = [labels[i] for i in predict_cache(model, data.val_x).argmax(1)]
+        val = classification_report(data.val_y, val_pred, labels)
+        n = steps_per_epoch
+        history.append({"epoch": epoch + 1, "cls_loss": round(sums["cls"] / n, 4), "domain_loss": round(sums["dom"] / n, 4),
+                        "domain_accuracy": round(sums["dom_acc"] / n, 4), "lambda": round(lam, 3),
+                        "pbc_val_macro_f1": round(val.macro_f1, 4),
+                        "img_s": round(2 * n * cfg.batch_size / (time.time() - t0), 1)})
+        print(json.dumps(history[-1]), flush=True)
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                        history=history, labels=labels, size=cfg.size)
+    return save_bundle(
+        cfg.out, "refiner", model.state_dict(), labels,
+        architecture={"backbone": cfg.backbone, "model": "DANN", "domain_hidden": 256, "framework": "timm"},
+        input_size=cfg.size,
+        stain=data.stain.to_manifest(),
+        normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
+        training={**{k: ([str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
+                     for k, v in asdict(cfg).items()},
+                  "data": data.info, "history": history,
+                  "classifier_init": str(cfg.classifier) if cfg.classifier else None},
+        metrics={"pbc_val_macro_f1": history[-1]["pbc_val_macro_f1"] if history else None},
+    )

@@ -1,0 +1,96 @@
+"""DANN pieces: gradient reversal, lambda schedule, the thesis rule, bundle label checks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cvat_tools import labels as L
+from cvat_tools.bundle import save_bundle
+from cvat_tools.classify.classifier import Prediction
+from cvat_tools.classify.dann import DANN, Refiner, grad_reverse, grl_lambda
+from cvat_tools.classify.rule import combine
+from cvat_tools.errors import BundleError
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_gradient_reversal_flips_and_scales(lam):
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(4, 3)
+    (grad_reverse(x, lam) * w).sum().backward()
+    assert torch.allclose(x.grad, -lam * w)
+    y = grad_reverse(x.detach(), lam)
+    assert torch.equal(y, x.detach())  # identity forward
+
+
+def test_lambda_schedule_ganin_lempitsky():
+    assert grl_lambda(0.0) == 0.0
+    assert grl_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert grl_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    values = [grl_lambda(p / 10) for p in range(11)]
+    assert values == sorted(values) and values[-1] > 0.999
+    assert grl_lambda(2.0) == grl_lambda(1.0)  # clipped
+
+
+def test_dann_domain_gradient_is_reversed_into_features():
+    torch.manual_seed(0)
+    model = DANN(len(L.SHARED_CLASSES), pretrained=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    # domain loss only: gradient reaching the features with lambda=1 is minus the one with GRL off
+    grads = []
+    for lam in (1.0, -1.0):  # -1 = a plain (not reversed) gradient
+        model.zero_grad()
+        _, dom = model(x, lam)
+        dom.sum().backward()
+        grads.append(model.features.conv_stem.weight.grad.clone())
+    assert torch.allclose(grads[0], -grads[1], atol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
+def _pred(label, score, labels):
+    rest = (1 - score) / (len(labels) - 1)
+    return Prediction(label, score, {lab: (score if lab == label else rest) for lab in labels})
+
+
+FINE = list(L.PBC_FINE_CLASSES) + ["blast cell"]
+SHARED = list(L.SHARED_CLASSES)
+
+
+@pytest.mark.parametrize("final", ["band cell", "blast cell"])
+def test_rule_blast_and_band_keep_classifier(final):
+    d = combine(_pred(final, 0.6, FINE), _pred("neutrophil", 0.99, SHARED))
+    assert (d.label, d.score) == (final, 0.6)
+    assert d.refiner_label == "neutrophil" and not d.agree
+
+
+def test_rule_shared_class_takes_refiner():
+    d = combine(_pred("monocyte", 0.8, FINE), _pred("lymphocyte", 0.7, SHARED))
+    assert (d.label, d.score) == ("lymphocyte", 0.7)
+    assert (d.classifier_label, d.refiner_label, d.agree) == ("monocyte", "lymphocyte", False)
+
+
+def test_rule_unknown_class_needs_confident_refiner():
+    assert combine(_pred("platelet", 0.9, FINE), _pred("lymphocyte", 0.6, SHARED)).label == "platelet"
+    assert combine(_pred("platelet", 0.9, FINE), _pred("lymphocyte", 0.95, SHARED)).label == "lymphocyte"
+
+
+def test_rule_without_refiner_and_configurable():
+    d = combine(_pred("eosinophil", 0.8, FINE), None)
+    assert (d.label, d.refiner_label, d.agree) == ("eosinophil", None, True)
+    d = combine(_pred("band cell", 0.8, FINE), _pred("neutrophil", 0.9, SHARED), classifier_final=())
+    assert d.label == "neutrophil"
+
+
+def test_refiner_bundle_with_foreign_labels_refused(tmp_path):
+    labels = SHARED + ["blast cell"]
+    model = DANN(len(labels), pretrained=False)
+    save_bundle(tmp_path / "ref", "refiner", model.state_dict(), labels,
+                architecture={"backbone": "efficientnet_lite0"}, input_size=32)
+    with pytest.raises(BundleError, match="blast cell"):
+        Refiner.from_bundle(tmp_path / "ref", classifier_labels=list(L.PBC_FINE_CLASSES))
+    ok = Refiner.from_bundle(tmp_path / "ref", classifier_labels=labels)
+    assert ok.labels == labels
+    with pytest.raises(BundleError, match="classifier bundle"):
+        from cvat_tools.classify.classifier import CellClassifier
+        CellClassifier.from_bundle(tmp_path / "ref")

@@ -1,0 +1,106 @@
+"""Classifier data: dedupe before split, stratified split, bad input refused before training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cvat_tools.errors import InputError
+from cvat_tools.train import classification_data as D
+from cvat_tools.train.classification import ClassifierConfig, prepare_data
+
+
+def _write(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    img = np.full((40, 40, 3), 128, np.uint8)
+    img[8:32, 8:32] = rng.integers(0, 255, (24, 24, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def make_crops(root: Path, per_class: int = 8, classes=("lymphocyte", "Monocytes", "EO"), dup_every: int = 0):
+    seed = 0
+    for name in classes:
+        for i in range(per_class):
+            seed += 1
+            p = _write(root / name / f"{i:03d}.png", seed)
+            if dup_every and i % dup_every == 0:  # a byte-identical copy under another name
+                (root / name / f"{i:03d}_copy.png").write_bytes(p.read_bytes())
+    return root
+
+
+def test_dedupe_before_split_keeps_copies_out_of_other_splits(tmp_path):
+    root = make_crops(tmp_path / "crops", per_class=12, dup_every=2)
+    samples = D.folder_samples(root)
+    kept, dropped = D.dedupe(samples)
+    assert len(dropped) == 3 * 6 and len(kept) == 3 * 12
+    split = D.stratified_split(kept, seed=3)
+    digests = {k: {D.sha1_of(s.path) for s in v} for k, v in split.items()}
+    assert not digests["train"] & digests["val"]
+    assert not digests["train"] & digests["test"]
+    assert not digests["val"] & digests["test"]
+    assert sum(len(v) for v in split.values()) == len(kept)
+    # every class in every split, and the split is reproducible from the seed
+    for part in split.values():
+        assert {s.label for s in part} == {"lymphocyte", "monocyte", "eosinophil"}
+    assert D.stratified_split(kept, seed=3) == split
+    assert D.stratified_split(kept, seed=4) != split
+
+
+def test_empty_class_folder_refused(tmp_path):
+    root = make_crops(tmp_path / "crops")
+    (root / "basophil").mkdir()
+    with pytest.raises(InputError, match="basophil.*no images"):
+        D.folder_samples(root)
+
+
+def test_unknown_class_folder_refused(tmp_path):
+    root = make_crops(tmp_path / "crops")
+    _write(root / "dragons" / "a.png", 99)
+    with pytest.raises(InputError, match="dragons"):
+        D.folder_samples(root)
+
+
+def test_class_with_one_image_refused_before_training(tmp_path):
+    root = make_crops(tmp_path / "crops")
+    _write(root / "basophil" / "only.png", 77)
+    with pytest.raises(InputError, match=r"basophil \(1\)"):
+        prepare_data(ClassifierConfig(out=tmp_path / "b", data=root, progress=False))
+
+
+def test_unreadable_image_refused_naming_file(tmp_path):
+    root = make_crops(tmp_path / "crops")
+    (root / "lymphocyte" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(InputError, match="broken.png"):
+        prepare_data(ClassifierConfig(out=tmp_path / "b", data=root, progress=False))
+
+
+def test_missing_or_both_sources_refused(tmp_path):
+    with pytest.raises(InputError, match="exactly one"):
+        prepare_data(ClassifierConfig(out=tmp_path / "b"))
+    with pytest.raises(InputError, match="not found"):
+        D.folder_samples(tmp_path / "nope")
+
+
+def test_target_without_images_refused(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InputError, match="no images"):
+        D.target_crops(tmp_path / "empty", 32)
+
+
+def test_bccd_labelled_crops_are_single_wbc(bccd_dir):
+    crops = D.bccd_crops(bccd_dir, ("test",), size=64)
+    assert 40 <= len(crops) <= 55  # 55 test images, two-cell images and the unlabelled one dropped
+    assert all(c.label in ("neutrophil", "eosinophil", "lymphocyte", "monocyte", "basophil") for c in crops)
+    assert all(c.crop.shape == (64, 64, 3) for c in crops)
+    assert len({c.name.split("#")[0] for c in crops}) == len(crops)
+
+
+def test_pbc_fine_labels_skip_unknown_subtypes(pbc_dir):
+    samples = D.pbc_samples(pbc_dir)
+    labels = {s.label for s in samples}
+    assert len(labels) == 11 and None not in labels
+    assert not any(s.path.name.startswith(("IG_", "NEUTROPHIL_")) for s in samples)

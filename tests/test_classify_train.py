@@ -1,0 +1,68 @@
+"""Training smoke tests: one step of the classifier and of the DANN refiner on tiny data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cvat_tools import labels as L
+from cvat_tools.bundle import load_bundle
+from cvat_tools.classify.classifier import CellClassifier
+from cvat_tools.classify.dann import Refiner
+from cvat_tools.errors import InputError
+from cvat_tools.train.classification import ClassifierConfig, train_classifier
+from cvat_tools.train.refiner import RefinerConfig, train_refiner
+
+from test_classify_data import make_crops
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cls")
+    root = make_crops(tmp / "crops", per_class=6, classes=L.SHARED_CLASSES + ("band cell",), dup_every=3)
+    cfg = ClassifierConfig(out=tmp / "bundle", data=root, epochs=1, size=32, batch_size=4, max_steps=1,
+                           threads=2, progress=False, stain="reinhard")
+    return root, train_classifier(cfg)
+
+
+def test_classifier_one_step_writes_a_usable_bundle(tiny_classifier):
+    root, path = tiny_classifier
+    bundle = load_bundle(path, kind="classifier")
+    m = bundle.manifest
+    assert m["input_size"] == 32 and m["stain"]["method"] == "reinhard"
+    assert set(m["labels"]) == set(L.SHARED_CLASSES) | {"band cell"}
+    files = m["split"]["files"]
+    test_files = {f for f, _ in files["test"]}
+    train_files = {f for f, _ in files["train"]}
+    assert test_files and not test_files & train_files
+    assert m["training"]["data"]["duplicates_dropped"] == 9 * 2
+    assert "macro_f1" in json.dumps(m["metrics"])
+    assert (path.parent / (path.name + ".work") / "last.pt").is_file()
+    clf = CellClassifier.from_bundle(path)
+    crops = [np.full((50, 70, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 255, (20, 20, 3), np.uint8)]
+    preds = clf.predict(crops)
+    assert len(preds) == 2 and abs(sum(preds[0].probs.values()) - 1) < 1e-4
+    assert preds[0].label in clf.labels and preds[0].top(3)[0][0] == preds[0].label
+
+
+def test_refiner_one_step_from_classifier(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
+    cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
+                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False)
+    path = train_refiner(cfg)
+    ref = Refiner.from_bundle(path, classifier_labels=CellClassifier.from_bundle(clf_path).labels)
+    assert ref.labels == list(L.SHARED_CLASSES) and ref.input_size == 32
+    assert ref.manifest["training"]["history"][0]["lambda"] == 0.0
+    assert len(ref.predict([np.full((40, 40, 3), 128, np.uint8)])) == 1
+
+
+def test_refiner_refuses_target_without_images(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    (tmp_path / "empty").mkdir()
+    cfg = RefinerConfig(source=root, targets=[tmp_path / "empty"], out=tmp_path / "ref", classifier=clf_path,
+                        epochs=1, max_steps=1, progress=False)
+    with pytest.raises(InputError, match="no images"):
+        train_refiner(cfg)
+    assert not (tmp_path / "ref").exists()
