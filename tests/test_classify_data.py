@@ -104,3 +104,4 @@ def test_pbc_fine_labels_skip_unknown_subtypes(pbc_dir):
     labels = {s.label for s in samples}
     assert len(labels) == 11 and None not in labels
     assert not any(s.path.name.startswith(("IG_", "NEUTROPHIL_")) for s in samples)
+    assert D.dataset_kind(pbc_dir) == "pbc"

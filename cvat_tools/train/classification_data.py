@@ -402,7 +402,8 @@ def dataset_kind(root: str | Path) -> str:
         header = index.read_text().splitlines()[0].lower()
         return "bccd" if "split" in header else "jtsc"
     subs = {p.name.lower() for p in root.iterdir() if p.is_dir()}
-    if {"ig", "neutrophil"} <= subs and any(L.pbc_label(p) for p in list_images(root / "ig")[:5]):
+    if {"ig", "neutrophil"} <= subs and any(p.stem.rsplit("_", 1)[0].upper() in L.PBC_PREFIXES
+                                            for p in list_images(root / "ig")[:5]):
         return "pbc"
     return "crops"
 

@@ -1,0 +1,93 @@
+"""Cross-lab scores on the 4 classes every public set here has (eosinophil, lymphocyte,
+monocyte, neutrophil): PBC-trained models on BCCD (single-WBC test images) and JTSC.
+
+    python benchmarks/cross_domain.py [--dann BUNDLE] [--both BUNDLE] [--classifier BUNDLE]
+
+Rows:
+  source-only          the classifier as trained on PBC (band cell counts as neutrophil)
+  + stain norm (test)  the same classifier, every crop Reinhard-normalized to the PBC train
+                       crops' LAB statistics at inference only (no retraining)
+  + DANN               a refiner trained without stain normalization (--dann), if given
+  + DANN + stain       a refiner trained with Reinhard normalization (--both; default: shipped)
+  rule                 the thesis rule over the classifier and the --both refiner: what the
+                       pipeline outputs
+Crops are cut with the datasets' own masks (crops.cell_crop). Macro-F1 is over the classes
+present in each set's truth; a prediction outside the 4 classes is simply wrong. JTSC was seen
+UNLABELLED by the refiners during training (transductive domain adaptation); BCCD test was not.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--classifier", type=Path, default=None)
+    ap.add_argument("--dann", type=Path, default=None, help="refiner bundle trained with --stain none")
+    ap.add_argument("--both", type=Path, default=None, help="refiner bundle trained with --stain reinhard")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reference-n", type=int, default=400, help="PBC train crops for the test-time reference")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from cvat_tools.bundle import shipped_bundle
+    from cvat_tools.classify.classifier import CellClassifier
+    from cvat_tools.classify.dann import Refiner
+    from cvat_tools.classify.rule import combine
+    from cvat_tools.classify.stain import StainNormalizer
+    from cvat_tools.train.classification_eval import load_eval_set, score_predictions
+
+    clf = CellClassifier.from_bundle(args.classifier)
+    sets = {"BCCD test": load_eval_set(args.data / "bccd_wbc", "test"),
+            "JTSC": load_eval_set(args.data / "jtsc_wbc")}
+
+    # test-time stain normalization: reference from PBC crops of the classifier's TRAIN split
+    from cvat_tools.classify.classifier import prepare
+    from cvat_tools.imaging import load_image
+    from cvat_tools.train import classification_data as D
+
+    train = D.split_from_manifest(clf.manifest["split"]["files"], args.data / "pbc", "train")
+    train = train[::max(1, len(train) // args.reference_n)]
+    mask_fn = D.centre_mask_function()[0]
+    crops = [D.centre_crop(load_image(s.path), None, mask_fn)[0] for s in train]
+    reference = prepare(crops, clf.input_size, StainNormalizer("none"))
+    clf_stain = CellClassifier(clf.model, clf.labels, clf.input_size,
+                               StainNormalizer.fit("reinhard", reference), manifest=clf.manifest)
+
+    both_path = args.both or shipped_bundle("refiner")
+    rows = [("source-only", clf, None), ("+ stain norm (test)", clf_stain, None)]
+    rows.append(("+ DANN", Refiner.from_bundle(args.dann, classifier_labels=clf.labels), None) if args.dann
+                else ("+ DANN", None, "not trained"))
+    both = Refiner.from_bundle(both_path, classifier_labels=clf.labels) if both_path else None
+    rows.append(("+ DANN + stain", both, None if both else "not trained"))
+    rows.append(("rule (clf + DANN+stain)", both, None if both else "not trained"))
+
+    header = f"{'model':<26}" + "".join(f"{name + ' F1':>14}{'acc':>7}" for name in sets)
+    print(header)
+    print("-" * len(header))
+    clf_preds = {name: clf.predict(s.crops) for name, s in sets.items()}
+    for title, model, missing in rows:
+        if model is None:
+            print(f"{title:<26}{missing}")
+            continue
+        cells = ""
+        for name, s in sets.items():
+            preds = model.predict(s.crops)
+            labels = [p.label for p in preds]
+            if title.startswith("rule"):
+                labels = [combine(c, r).label for c, r in zip(clf_preds[name], preds)]
+            rep = score_predictions(s.truth, labels, "cross-domain")
+            cells += f"{rep.macro_f1:14.3f}{rep.accuracy:7.3f}"
+        print(f"{title:<26}{cells}")
+    print("n: " + ", ".join(f"{name} {len(s.truth)}" for name, s in sets.items()))
+
+
+if __name__ == "__main__":
+    main()

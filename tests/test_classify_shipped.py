@@ -1,0 +1,73 @@
+"""The shipped classifier/refiner on real held-out data, and the classify CLI."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+from click.testing import CliRunner
+
+from cvat_tools.bundle import shipped_bundle
+from cvat_tools.cli import cli
+
+# Measured on these 40 images (see MODEL_CARD.md), minus a margin for platform noise.
+ACCURACY_FLOOR = 0.85
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    if shipped_bundle("classifier") is None:
+        pytest.skip("no shipped classifier bundle")
+    from cvat_tools.classify.classifier import CellClassifier
+    return CellClassifier.from_bundle()
+
+
+def _held_out(classifier, pbc_dir, n=40):
+    from cvat_tools.train.classification_data import split_from_manifest
+    test = split_from_manifest(classifier.manifest["split"]["files"], pbc_dir, "test")
+    return test[::max(1, len(test) // n)][:n]
+
+
+def test_shipped_classifier_on_held_out_pbc(classifier, pbc_dir):
+    from cvat_tools.imaging import load_image
+    from cvat_tools.train.classification_data import centre_crop, centre_mask_function
+
+    samples = _held_out(classifier, pbc_dir)
+    train = {f for f, _ in classifier.manifest["split"]["files"]["train"]}
+    assert not any(str(s.path.relative_to(pbc_dir.resolve())) in train for s in samples)
+    mask_fn = centre_mask_function()[0]
+    preds = classifier.predict([centre_crop(load_image(s.path), None, mask_fn)[0] for s in samples])
+    accuracy = sum(p.label == s.label for p, s in zip(preds, samples)) / len(samples)
+    assert len({s.label for s in samples}) == 11
+    assert accuracy >= ACCURACY_FLOOR, accuracy
+
+
+def test_shipped_refiner_fits_shipped_classifier(classifier):
+    if shipped_bundle("refiner") is None:
+        pytest.skip("no shipped refiner bundle")
+    from cvat_tools.classify.dann import Refiner
+    from cvat_tools import labels as L
+    ref = Refiner.from_bundle(classifier_labels=classifier.labels)
+    assert ref.labels == list(L.SHARED_CLASSES)
+
+
+def test_classify_cli_writes_csv_and_lists_bad_files(classifier, pbc_dir, tmp_path):
+    samples = _held_out(classifier, pbc_dir, n=4)[:3]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(cli, ["classify", *[str(s.path) for s in samples], str(bad),
+                                      "--out", str(out), "--mask-centre"])
+    assert result.exit_code == 1, result.output
+    assert "bad.jpg" in result.output
+    rows = list(csv.DictReader(open(out)))
+    assert [r["file"] for r in rows] == [str(s.path) for s in samples]
+    for row in rows:
+        assert row["label"] in classifier.labels and 0 < float(row["score"]) <= 1
+        assert len(row["top3"].split(";")) == 3 and row["top3"].startswith(row["label"] + ":")
+
+
+def test_classify_cli_with_only_bad_files_writes_header_and_fails(classifier, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["classify", str(bad), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "empty file" in result.output
