@@ -4,16 +4,24 @@ generalized from single-cell PBC images to whole smear fields.
 Steps, all vectorized OpenCV on a working copy rescaled to a fixed size so that the pixel
 parameters mean the same thing on a 640x480 field and on a 4032x3024 photograph:
 
-1. stain: hue in the thesis's violet/blue band (100-300 degrees; OpenCV stores hue/2) with
-   saturation and value inside (20, 245). WBC nuclei and cytoplasm pass; pink red cells and
-   the pale background do not.
-2. nuclei: the strongly stained part of the stain mask (saturation above an Otsu split).
-3. cells: stain mask closed and dilated (3 iterations) so nucleus lobes and cytoplasm join,
-   holes filled; Euclidean distance transform; peaks at least ``min_distance`` apart become
-   watershed markers (connected components of the peaks), watershed splits touching cells.
-4. one instance per WBC: watershed regions that share a nucleus component are merged (lobes
-   of one neutrophil), regions without enough nucleus (red cells, platelets, debris) or too
+1. nuclei: hue in the thesis's violet band (100-300 degrees; OpenCV stores hue/2, so 50-150)
+   with value inside (20, 245), and saturation above an Otsu split of those pixels (at least
+   50): the strongly stained part.
+2. cell stain: nuclei plus pixels bluer than the slide (Lab b* at least 8 below the image's
+   median). Measured on BCCD/JTSC masks, the pale cytoplasm fails the thesis's saturation
+   test on light smears, but it is clearly bluer than red cells and background.
+3. cells: the stain opened (noise), dilated 3 iterations (thesis) and eroded back (a closing
+   that joins nucleus lobes and cytoplasm), holes filled; Euclidean distance transform; peaks
+   at least ``min_distance`` apart (thesis: 20 px) are the markers (connected components of
+   the peaks) of a watershed that splits touching cells.
+4. one instance per WBC: watershed regions sharing a nucleus component are merged (lobes of
+   one neutrophil); regions with too little nucleus (red cells, platelets, debris) or too
    small for a WBC are dropped.
+
+``centre_cell_mask`` is the single-cell form (PBC, JTSC): the component holding the nucleus
+nearest the image centre, after an opening that cuts narrow necks to touching red cells.
+Rapid stains colour nuclei magenta (JTSC, ~305 degrees): when the thesis band finds no
+nucleus, a wider band (100-335) is tried.
 """
 from __future__ import annotations
 

@@ -191,7 +191,8 @@ class MaskRCNNSegmenter:
         image = check_image(image)
         h, w = image.shape[:2]
         work, scale = resize_long_side(image, self.long_side)
-        x = torch.from_numpy(np.ascontiguousarray(work)).permute(2, 0, 1).float().div_(255).to(self.device)
+        work = work if work.flags.writeable and work.flags.c_contiguous else np.array(work)
+        x = torch.from_numpy(work).permute(2, 0, 1).float().div_(255).to(self.device)
         out = self.model([x])[0]
         keep = out["scores"] >= threshold
         boxes = out["boxes"][keep].cpu().numpy()
