@@ -49,7 +49,9 @@ def cli():
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="cvat-tools", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="cvat-tools", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's ctx.exit(code) comes back as a value
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

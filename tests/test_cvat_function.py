@@ -121,3 +121,54 @@ def test_rgba_and_grey_frames_are_accepted(function, bccd_path):
     for mode in ("RGBA", "L"):
         shapes = function.detect(context(0.5), rgb.convert(mode))
         mapper(task_labels()).validate_and_remap(shapes, 0)  # raises if anything is invalid
+
+
+# -- cvat-tools annotate: the paths that need no server ------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _annotate(monkeypatch, env, *args):
+    import contextlib
+    import io
+
+    from cvat_tools.cli import main
+
+    for name in ("CVAT_USER", "CVAT_PASSWORD", "CVAT_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["annotate", *args])
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue() + err.getvalue()
+
+
+def test_annotate_without_credentials_says_which(monkeypatch):
+    code, text = _annotate(monkeypatch, {"CVAT_USER": "alice"},
+                           "--host", "http://127.0.0.1:1", "--task", "3")
+    assert code == 2
+    assert "CVAT_ACCESS_TOKEN" in text and "CVAT_PASSWORD missing" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("env", [
+    {"CVAT_USER": "alice", "CVAT_PASSWORD": "s3cret-pw"},
+    {"CVAT_ACCESS_TOKEN": "tok-s3cret"},
+])
+def test_annotate_unreachable_host_is_clear_and_hides_secrets(monkeypatch, env):
+    host = f"http://127.0.0.1:{_closed_port()}"
+    code, text = _annotate(monkeypatch, env, "--host", host, "--task", "3")
+    assert code == 2
+    assert f"cannot reach CVAT at {host}" in text and "Traceback" not in text
+    assert "s3cret" not in text

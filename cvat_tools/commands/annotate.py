@@ -33,12 +33,30 @@ def credentials_from_env() -> dict:
     )
 
 
+def probe(host: str, timeout: float = 5.0) -> None:
+    """Fail fast (one TCP connect, no SDK retries) when nothing listens at ``host``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(host if "://" in host else f"https://{host}")
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise CvatToolsError(
+            f"cannot reach CVAT at {host} ({exc.strerror or type(exc).__name__}); check --host "
+            "(scheme, host and port) and that the server is up"
+        ) from None
+
+
 def connect(host: str, login: dict):
     """A logged-in cvat-sdk client, or CvatToolsError saying what went wrong."""
     import urllib3
     from cvat_sdk import make_client
     from cvat_sdk.exceptions import ApiException
 
+    probe(host)
     try:
         return make_client(host, **login)
     except urllib3.exceptions.HTTPError as exc:

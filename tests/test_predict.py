@@ -1,0 +1,187 @@
+"""cvat-tools predict: CVAT-importable annotations, overlays, differential count, bad files."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvat_tools import labels
+from cvat_tools.cli import main
+from cvat_tools.formats.annotations import Mask
+from cvat_tools.formats.cvat_xml import read_cvat_xml
+from cvat_tools.formats.masks import mask_to_full
+from cvat_tools.imaging import load_image
+from cvat_tools.pipeline import Pipeline, check_attributes
+from pipeline_fakes import make_random_classifier
+
+GOOD = ["BloodImage_00002.jpg", "BloodImage_00003.jpg"]
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    make_random_classifier(root / "classifier")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory, bccd_dir):
+    """Two real BCCD fields, a truncated JPEG, a text file named .png, an empty file."""
+    folder = tmp_path_factory.mktemp("mixed")
+    for name in GOOD:
+        shutil.copy(bccd_dir / "images" / name, folder / name)
+    data = (bccd_dir / "images" / GOOD[0]).read_bytes()
+    (folder / "sub").mkdir()
+    (folder / "sub" / "truncated.jpg").write_bytes(data[:200])
+    (folder / "notes.png").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+def run(*args):
+    """(exit code, stdout, stderr) of the CLI, as a user sees it."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory, mixed_dir, weights_dir):
+    out = tmp_path_factory.mktemp("pred") / "out"
+    result = run("predict", mixed_dir, "--out", out, "--overlay", "--report",
+                 "--weights", weights_dir)
+    return out, result
+
+
+def test_mixed_folder_annotates_good_lists_bad_exits_nonzero(mixed_run):
+    out, (code, stdout, stderr) = mixed_run
+    assert code == 1
+    for bad in ("truncated.jpg", "notes.png", "empty.jpg"):
+        assert bad in stderr
+    assert "readme.txt" not in stderr  # not an image suffix: not an input at all
+    assert "3 input(s) could not be annotated" in stderr
+    assert "Traceback" not in stderr
+    summary = json.loads((out / "predict.json").read_text())
+    assert [im["name"] for im in summary["images"]] == GOOD
+    assert len(summary["failed"]) == 3
+
+
+def test_cvat_xml_matches_the_pipeline(mixed_run, mixed_dir, weights_dir):
+    out, _ = mixed_run
+    dataset = read_cvat_xml(out / "annotations.xml")
+    assert [im.name for im in dataset.images] == GOOD
+    assert [spec.name for spec in dataset.labels] == list(labels.ALL_CLASSES)
+    declared = {a.name for a in dataset.labels[0].attributes}
+    assert declared == {"classifier", "classifier_score", "refiner", "refiner_score",
+                        "needs_review"}
+    pipeline = Pipeline.load(weights=weights_dir)
+    for image in dataset.images:
+        rgb = load_image(mixed_dir / image.name)
+        assert (image.width, image.height) == (rgb.shape[1], rgb.shape[0])
+        expected = pipeline.run(rgb, threshold=0.5)
+        assert len(image.instances) == len(expected) >= 1
+        for got, want in zip(image.instances, expected):
+            assert isinstance(got.geometry, Mask) and got.label == want.label
+            full = mask_to_full(got.geometry, image.width, image.height)
+            assert np.array_equal(full, mask_to_full(want.geometry, image.width, image.height))
+            assert got.attributes == want.attributes and check_attributes(got) == []
+    constructor = json.loads((out / "labels.json").read_text())
+    assert [entry["name"] for entry in constructor] == list(labels.ALL_CLASSES)
+
+
+def test_overlays_and_report(mixed_run):
+    out, _ = mixed_run
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == [Path(n).stem + ".png" for n in GOOD]
+    with Image.open(out / "overlays" / overlays[0]) as im:
+        assert im.size == (640, 480)
+    dataset = read_cvat_xml(out / "annotations.xml")
+    rows = list(csv.DictReader((out / "report" / "counts.csv").open()))
+    total = {r["cell_type"]: int(r["count"]) for r in rows if r["image"] == "TOTAL"}
+    n = sum(len(im.instances) for im in dataset.images)
+    assert sum(total.values()) == n
+    for im in dataset.images:
+        per = {r["cell_type"]: int(r["count"]) for r in rows if r["image"] == im.name}
+        assert sum(per.values()) == len(im.instances)
+        for inst in im.instances:
+            assert per[inst.label] >= 1
+    pct = sum(float(r["percent"]) for r in rows if r["image"] == "TOTAL")
+    assert abs(pct - 100.0) < 0.5
+    with Image.open(out / "report" / "counts.png") as im:
+        assert im.size[0] > 300
+
+
+@pytest.mark.parametrize("fmt, produced", [
+    ("coco", "instances_default.json"), ("json", "annotations.json"), ("yolo", "yolo/data.yaml"),
+])
+def test_other_formats(tmp_path, bccd_dir, weights_dir, fmt, produced):
+    image = bccd_dir / "images" / GOOD[0]
+    code, _, stderr = run("predict", image, "--out", tmp_path / "o", "--format", fmt,
+                          "--weights", weights_dir)
+    assert code == 0, stderr
+    assert (tmp_path / "o" / produced).is_file()
+    if fmt == "coco":
+        from cvat_tools.formats.coco import read_coco
+
+        ds = read_coco(tmp_path / "o" / produced)
+    elif fmt == "json":
+        from cvat_tools.formats.thesis_json import read_thesis_json
+
+        ds = read_thesis_json(tmp_path / "o" / produced)
+    else:
+        from cvat_tools.formats.yolo import read_yolo
+
+        ds = read_yolo(tmp_path / "o" / "yolo", sizes={GOOD[0]: (640, 480)})
+    assert len(ds.images) == 1 and len(ds.images[0].instances) >= 1
+    assert all(i.label in labels.ALL_CLASSES for i in ds.images[0].instances)
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path, bccd_dir, weights_dir):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("precious")
+    code, _, stderr = run("predict", bccd_dir / "images" / GOOD[0], "--out", foreign,
+                          "--weights", weights_dir)
+    assert code == 2 and "not a 'cvat-tools predict' output" in stderr
+    assert (foreign / "thesis.docx").read_text() == "precious"
+
+
+def test_only_bad_inputs_leave_no_output(tmp_path, weights_dir):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 broken")
+    code, _, stderr = run("predict", bad, tmp_path / "missing.png", "--out", tmp_path / "o",
+                          "--weights", weights_dir)
+    assert code == 2 and "no image could be annotated" in stderr
+    assert "missing.png: no such file" in stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_rerun_replaces_previous_output(tmp_path, bccd_dir, weights_dir):
+    image = bccd_dir / "images" / GOOD[0]
+    assert run("predict", image, "--out", tmp_path / "o", "--weights", weights_dir,
+               "--overlay")[0] == 0
+    assert (tmp_path / "o" / "overlays").is_dir()
+    assert run("predict", image, "--out", tmp_path / "o", "--weights", weights_dir)[0] == 0
+    assert not (tmp_path / "o" / "overlays").exists()  # replaced whole, no stale files
+
+
+def test_missing_classifier_is_one_line(tmp_path, bccd_dir):
+    empty = tmp_path / "w"
+    empty.mkdir()
+    code, _, stderr = run("predict", bccd_dir / "images" / GOOD[0], "--out", tmp_path / "o",
+                          "--weights", empty)
+    assert code == 2 and stderr.count("\n") == 1 and "no classifier bundle" in stderr
