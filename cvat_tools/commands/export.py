@@ -27,9 +27,9 @@ classifier's crop reader::
 
 Shapes that cannot be a cell outline (boxes, points, polygons with fewer than 3 points or no
 area, empty masks) are skipped and listed; self-intersecting polygons are repaired (the
-largest valid piece is kept) and listed. Missing images, images whose size (after EXIF
-rotation) differs from the annotation, and unknown labels stop the export with an error
-naming the file; the output folder is written whole or not at all.
+largest valid piece is kept) and listed; ``--strict`` makes either an error. Missing images,
+images whose size (after EXIF rotation) differs from the annotation, and unknown labels stop
+the export with an error naming the file; the output folder is written whole or not at all.
 """
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def run_export(
     crops: bool = False,
     crop_size: int | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> dict:
     """The export itself (the click command is a thin wrapper); returns the manifest."""
     import cv2
@@ -226,6 +227,12 @@ def run_export(
                     per_class[inst.label] += 1
                     ann_id += 1
                     k += 1
+            if strict and (skipped or repaired):
+                problems = [f"{x['image']}: {x['label']}: {x.get('reason') or x.get('note')}"
+                            for x in skipped + repaired]
+                raise InputError(f"{annotations}: --strict and {len(problems)} shape(s) skipped or repaired: "
+                                 + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+                                 + ". Fix them in CVAT or drop --strict to export the rest")
             (tmp / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
             manifest = {
                 "source": str(annotations),
@@ -256,10 +263,11 @@ def run_export(
               help="YAML/JSON mapping of label names in the file to the project's labels")
 @click.option("--crops", is_flag=True, help="also write masked per-cell crops under crops/<label>/")
 @click.option("--crop-size", type=int, default=None, help="resize crops to N x N px (default: natural size)")
-def export(annotations, images, out, fmt, label_map, crops, crop_size):
+@click.option("--strict", is_flag=True, help="fail (write nothing) if any shape would be skipped or repaired")
+def export(annotations, images, out, fmt, label_map, crops, crop_size, strict):
     """Turn CVAT annotations (XML, COCO, YOLO, thesis JSON or the export .zip) into a
     training folder: COCO annotations.json + images/ + one PNG mask per cell (+ crops)."""
-    manifest = run_export(annotations, images, out, fmt, label_map, crops, crop_size)
+    manifest = run_export(annotations, images, out, fmt, label_map, crops, crop_size, strict=strict)
     click.echo(f"exported {manifest['instances']} cells from {manifest['images']} images to {out}: "
                + ", ".join(f"{n} {c}" for n, c in manifest["per_class"].items()))
     if manifest["skipped"]:

@@ -24,8 +24,8 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
     path = PurePosixPath(name)
     if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
         raise InputError(f"{archive}: member {info.filename!r} points outside the archive; refused")
-    mode = info.external_attr >> 16
-    if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored no file type
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise InputError(f"{archive}: member {info.filename!r} is a link or special file; refused")
     if info.is_dir():
         return None

@@ -85,7 +85,7 @@ def to_thesis_json(dataset: Dataset) -> dict:
             if isinstance(geom, Polygon):
                 points = geom.points
             elif isinstance(geom, Mask):
-                points = masks.mask_to_polygon(geom.bitmap, geom.left, geom.top) or []
+                points = masks.mask_to_polygon(geom.bitmap, geom.left, geom.top, min_area=1) or []
             elif isinstance(geom, Box):
                 points = [(geom.xtl, geom.ytl), (geom.xbr, geom.ytl), (geom.xbr, geom.ybr), (geom.xtl, geom.ybr)]
             else:

@@ -149,7 +149,7 @@ def _polygon_of(inst: Instance) -> list[tuple[float, float]] | None:
     if isinstance(geom, Box):
         return [(geom.xtl, geom.ytl), (geom.xbr, geom.ytl), (geom.xbr, geom.ybr), (geom.xtl, geom.ybr)]
     if isinstance(geom, Mask):
-        return masks.mask_to_polygon(geom.bitmap, geom.left, geom.top)
+        return masks.mask_to_polygon(geom.bitmap, geom.left, geom.top, min_area=1)
     return None
 
 
