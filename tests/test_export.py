@@ -65,7 +65,7 @@ def test_export_bccd_with_crops(bccd_case, tmp_path):
     n_lymph = sum(1 for (stem, _) in truth if stem == "BloodImage_00013")
     assert manifest["per_class"] == {"lymphocyte": n_lymph, "neutrophil": len(truth) - n_lymph}
     assert manifest["images"] == 3 and manifest["instances"] == len(truth)
-    assert manifest["skipped"] == [] and manifest["source"] == str(xml)
+    assert manifest["skipped"] == [] and manifest["source"] == str(xml) and manifest["format"] == "cvat"
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{s}.jpg" for s, _ in BCCD_CASES]
 
     coco = COCO(str(out / "annotations.json"))
@@ -261,3 +261,17 @@ def test_out_folder_rules(tmp_path, images):
     assert run_cli("export", xml, "--images", images, "--out", out)[0] == 0  # an export is replaced
     code, _, stderr = run_cli("export", xml, "--images", images, "--out", images / "sub")
     assert code != 0 and "overlaps the input" in stderr
+
+
+def test_installed_entry_point_exit_code(tmp_path, images):
+    """The same failure through ``python -m cvat_tools.cli``: exit 2, one line, no traceback."""
+    import subprocess
+    import sys
+
+    xml = _xml(tmp_path / "a.xml", SQUARE, name="nowhere.jpg")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "cvat_tools.cli", "export", str(xml), "--images", str(images),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {xml}: 1 annotated image(s) not found")
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -109,3 +109,20 @@ def test_label_map_files(tmp_path):
     js.write_text("[1, 2]")
     with pytest.raises(InputError, match=r"map\.json: a label map is a mapping"):
         load_label_map(js)
+
+
+@pytest.mark.parametrize("fmt, target", [("cvat", "annotations.xml"), ("coco", "instances_default.json"),
+                                         ("thesis", "pred.json"), ("yolo", "yolo")])
+def test_format_detection_reads_what_write_annotations_wrote(tmp_path, fmt, target):
+    from PIL import Image
+
+    from cvat_tools.formats import detect_format, write_annotations
+
+    ds = _ds("neutrophil", "monocyte")
+    path = write_annotations(ds, tmp_path / target, fmt)
+    if fmt == "yolo":  # YOLO needs the image for its size
+        Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    assert detect_format(path)[0] == fmt
+    back = read_annotations(path, images_dir=tmp_path)
+    assert [i.label for i in back.images[0].instances] == ["neutrophil", "monocyte"]
+    assert back.images[0].instances[0].geometry == Polygon([(1.0, 1.0), (4.0, 1.0), (4.0, 4.0)])

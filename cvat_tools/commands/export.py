@@ -136,7 +136,7 @@ def run_export(
     _check_out(out, [annotations] + ([Path(images)] if images else []))
     label_map = load_label_map(label_map_file) if label_map_file else None
 
-    with open_annotations(annotations, format, images) as (dataset, own_images):
+    with open_annotations(annotations, format, images) as (dataset, own_images, detected):
         images_dir = Path(images) if images else own_images
         if images_dir is None:
             raise InputError(f"{annotations}: has no images of its own; pass --images DIR "
@@ -236,7 +236,7 @@ def run_export(
             (tmp / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
             manifest = {
                 "source": str(annotations),
-                "format": format,
+                "format": detected,
                 "images_dir": str(images_dir),
                 "label_map": str(label_map_file) if label_map_file else None,
                 "images": len(coco["images"]),

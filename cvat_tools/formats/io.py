@@ -90,8 +90,8 @@ def _read(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
 @contextlib.contextmanager
 def open_annotations(
     path: str | Path, format: str = "auto", images_dir: str | Path | None = None
-) -> Iterator[tuple[Dataset, Path | None]]:
-    """Yield (dataset, folder holding the images if the input carries them, else None).
+) -> Iterator[tuple[Dataset, Path | None, str]]:
+    """Yield (dataset, folder holding the images if the input carries them else None, format).
 
     A zip is extracted into a temporary folder that lives as long as the ``with`` block.
     """
@@ -109,19 +109,19 @@ def open_annotations(
             fmt, found = detect_format(root) if format == "auto" else (format, root)
             dataset = _read(fmt, found, images)
             own_images = root / "images" if (root / "images").is_dir() else None
-            yield dataset, own_images
+            yield dataset, own_images, fmt
         return
     fmt, found = detect_format(path) if format == "auto" else (format, path)
     if fmt == "zip":  # pragma: no cover - handled above
         raise InputError(f"{path}: archive")
     dataset = _read(fmt, found, images)
     base = found if found.is_dir() else found.parent
-    yield dataset, (base / "images" if (base / "images").is_dir() else None)
+    yield dataset, (base / "images" if (base / "images").is_dir() else None), fmt
 
 
 def read_annotations(path: str | Path, format: str = "auto", images_dir: str | Path | None = None) -> Dataset:
     """Read any supported annotation file, folder or CVAT export zip into a Dataset."""
-    with open_annotations(path, format, images_dir) as (dataset, _):
+    with open_annotations(path, format, images_dir) as (dataset, _, _):
         return dataset
 
 
