@@ -237,3 +237,39 @@ def test_oversized_image_is_400(nuclio, bccd_dir, monkeypatch):
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
     status, answer = _call(nuclio, {"image": _b64(data)})
     assert status == 400 and "limit" in answer["error"]
+
+
+# -- the shipped models, once they are in cvat_tools/weights/ ----------------------------------
+
+
+def _shipped():
+    from cvat_tools.bundle import shipped_bundle
+
+    return shipped_bundle("classifier")
+
+
+@pytest.mark.skipif(_shipped() is None, reason="no shipped classifier bundle in cvat_tools/weights")
+def test_shipped_pipeline_through_nuclio(bccd_dir, monkeypatch):
+    """The function as deployed (no env overrides): shipped bundles, BCCD test-split field."""
+    import sys
+
+    import nuclio_sdk.test
+
+    monkeypatch.delenv(serverless.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(serverless.ENV_DEVICE, "cpu")
+    spec = importlib.util.spec_from_file_location("cvat_tools_wbc_main_shipped",
+                                                  FUNCTION_DIR / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    platform = nuclio_sdk.test.Platform()
+    data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()  # split: test
+    response = platform.call_handler(module.handler, _event({"image": _b64(data)}))
+    assert response.status_code == 200
+    items = json.loads(response.body)
+    assert len(items) >= 1
+    fulls = [_check_item(item, 640, 480) for item in items]
+    gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
+    assert max(iou(full, gt) for full in fulls) > 0.6
+    info = platform._get_handler_context(module.handler).user_data.pipeline.info
+    assert info.classifier and "weights" in info.classifier
