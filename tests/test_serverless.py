@@ -189,6 +189,27 @@ def test_threshold_one_returns_only_certain_cells(nuclio, bccd_dir):
     assert status == 200 and all(float(i["confidence"]) >= 1.0 for i in items)
 
 
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_blank_slide_gives_an_empty_list(nuclio):
+    status, items = _call(nuclio, {"image": _b64(_png(Image.new("RGB", (320, 240), (235, 230, 225))))})
+    assert status == 200 and items == []
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_other_image_modes_are_accepted(nuclio, bccd_dir, mode):
+    with Image.open(bccd_dir / "images" / "BloodImage_00002.jpg") as im:
+        converted = im.convert(mode)
+    status, items = _call(nuclio, {"image": _b64(_png(converted))})
+    assert status == 200
+    for item in items:
+        _check_item(item, 640, 480)
+
+
 # -- bad requests --------------------------------------------------------------------------
 
 
