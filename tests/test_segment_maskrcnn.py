@@ -13,7 +13,8 @@ from cvat_tools.bundle import save_bundle, shipped_bundle
 from cvat_tools.errors import BundleError
 from cvat_tools.imaging import load_image
 from cvat_tools.segment.base import Detection, load_segmenter
-from cvat_tools.segment.maskrcnn import LABELS, MaskRCNNSegmenter, _paste, build_model
+from cvat_tools.segment.base import paste_mask
+from cvat_tools.segment.maskrcnn import LABELS, MaskRCNNSegmenter, build_model
 from cvat_tools.train.metrics import dice
 from cvat_tools.train.segmentation_data import read_index
 
@@ -41,7 +42,7 @@ def test_paste_maps_working_mask_to_full_resolution():
     # A disc at working size (scale 0.25) comes back at 4x, cropped, in the right place.
     prob = np.zeros((60, 80), np.float32)
     cv2.circle(prob, (40, 30), 10, 1.0, -1)
-    mask = _paste(prob, np.array([30, 20, 51, 41]), 0.25, (240, 320))
+    mask = paste_mask(prob, np.array([30, 20, 51, 41]), 0.25, (240, 320))
     full = np.zeros((240, 320), bool)
     full[mask.top:mask.top + mask.height, mask.left:mask.left + mask.width] = mask.bitmap
     ref = np.zeros((240, 320), np.uint8)

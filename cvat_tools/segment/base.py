@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from ..errors import InputError
@@ -73,6 +74,35 @@ def detection_from_full(full: np.ndarray, score: float, label: str = "wbc") -> D
         return None
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     return Detection(Mask(np.ascontiguousarray(full[y0:y1, x0:x1]), int(x0), int(y0)), float(score), label)
+
+
+def paste_mask(prob: np.ndarray, box: np.ndarray, scale: float, full_hw: tuple[int, int], threshold: float = 0.5) -> Mask | None:
+    """Full-resolution mask of one detection, cropped to its box, from a working-size
+    probability (or 0/1) map; ``box`` is x1,y1,x2,y2 in working pixels, ``scale`` = working /
+    full size. Only the box region is resampled, never the whole image."""
+    h, w = full_hw
+    ph, pw = prob.shape
+    x1, y1, x2, y2 = box
+    # Box in working pixels, 2 px margin, clipped; then the same region at full resolution.
+    wx0, wy0 = max(int(np.floor(x1)) - 2, 0), max(int(np.floor(y1)) - 2, 0)
+    wx1, wy1 = min(int(np.ceil(x2)) + 2, pw), min(int(np.ceil(y2)) + 2, ph)
+    if wx1 <= wx0 or wy1 <= wy0:
+        return None
+    fx0, fy0 = int(np.floor(wx0 / scale)), int(np.floor(wy0 / scale))
+    fx1, fy1 = min(int(np.ceil(wx1 / scale)), w), min(int(np.ceil(wy1 / scale)), h)
+    crop = prob[wy0:wy1, wx0:wx1]
+    if scale != 1.0:
+        # Sample the crop at the full-resolution pixel centres (exact map, not a stretch).
+        xs = ((np.arange(fx0, fx1) + 0.5) * scale - 0.5 - wx0).astype(np.float32)
+        ys = ((np.arange(fy0, fy1) + 0.5) * scale - 0.5 - wy0).astype(np.float32)
+        mx, my = np.meshgrid(xs, ys)
+        crop = cv2.remap(crop.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    bitmap = crop >= threshold
+    ys_, xs_ = np.nonzero(bitmap)
+    if ys_.size == 0:
+        return None
+    ty0, ty1, tx0, tx1 = ys_.min(), ys_.max() + 1, xs_.min(), xs_.max() + 1
+    return Mask(np.ascontiguousarray(bitmap[ty0:ty1, tx0:tx1]), fx0 + int(tx0), fy0 + int(ty0))
 
 
 def load_segmenter(bundle: str | Path | None = None, device: str = "cpu") -> Segmenter:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .base import Detection, check_image, detection_from_full
+from .base import Detection, check_image, detection_from_full, paste_mask
 
 # Thesis thresholds (degrees, 0-255 S and V), translated to OpenCV's hue = degrees / 2.
 HUE_DEG = (100.0, 300.0)
@@ -189,8 +189,13 @@ class ClassicalSegmenter:
             score = _score(m, nucleus)
             if score < threshold:
                 continue
-            full = m if scale == 1.0 else _upscale_mask(m, (w, h))
-            det = detection_from_full(full, score)
+            if scale == 1.0:
+                det = detection_from_full(m, score)
+            else:
+                ys, xs = np.nonzero(m)
+                box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                cropped = paste_mask(m.astype(np.float32), box, scale, (h, w))
+                det = None if cropped is None else Detection(cropped, score)
             if det is not None:
                 out.append(det)
         return out

@@ -30,7 +30,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import BundleError
 from ..formats.annotations import Mask
-from .base import Detection, check_image
+from .base import Detection, check_image, paste_mask
 
 LABELS = ["wbc"]
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
@@ -135,33 +135,6 @@ def resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, flo
     return cv2.resize(image, size, interpolation=interp), scale
 
 
-def _paste(prob: np.ndarray, box: np.ndarray, scale: float, full_hw: tuple[int, int], threshold: float = 0.5) -> Mask | None:
-    """Full-resolution cropped mask of one detection from its working-size probability map."""
-    h, w = full_hw
-    ph, pw = prob.shape
-    x1, y1, x2, y2 = box
-    # Box in working pixels, 2 px margin, clipped; then the same region at full resolution.
-    wx0, wy0 = max(int(np.floor(x1)) - 2, 0), max(int(np.floor(y1)) - 2, 0)
-    wx1, wy1 = min(int(np.ceil(x2)) + 2, pw), min(int(np.ceil(y2)) + 2, ph)
-    if wx1 <= wx0 or wy1 <= wy0:
-        return None
-    fx0, fy0 = int(np.floor(wx0 / scale)), int(np.floor(wy0 / scale))
-    fx1, fy1 = min(int(np.ceil(wx1 / scale)), w), min(int(np.ceil(wy1 / scale)), h)
-    crop = prob[wy0:wy1, wx0:wx1]
-    if scale != 1.0:
-        # Sample the crop at the full-resolution pixel centres (exact map, not a stretch).
-        xs = ((np.arange(fx0, fx1) + 0.5) * scale - 0.5 - wx0).astype(np.float32)
-        ys = ((np.arange(fy0, fy1) + 0.5) * scale - 0.5 - wy0).astype(np.float32)
-        mx, my = np.meshgrid(xs, ys)
-        crop = cv2.remap(crop.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    bitmap = crop >= threshold
-    ys_, xs_ = np.nonzero(bitmap)
-    if ys_.size == 0:
-        return None
-    ty0, ty1, tx0, tx1 = ys_.min(), ys_.max() + 1, xs_.min(), xs_.max() + 1
-    return Mask(np.ascontiguousarray(bitmap[ty0:ty1, tx0:tx1]), fx0 + int(tx0), fy0 + int(ty0))
-
-
 class MaskRCNNSegmenter:
     """A trained Mask R-CNN as a :class:`~cvat_tools.segment.base.Segmenter`."""
 
@@ -200,7 +173,7 @@ class MaskRCNNSegmenter:
         probs = out["masks"][keep, 0].cpu().numpy()
         dets = []
         for box, score, prob in zip(boxes, scores, probs):
-            mask = _paste(prob, box, scale, (h, w), self.mask_threshold)
+            mask = paste_mask(prob, box, scale, (h, w), self.mask_threshold)
             if mask is not None:
                 dets.append(Detection(mask, float(score)))
         return dets
