@@ -26,6 +26,7 @@ from cvat_tools.formats.masks import (
     mask_to_polygon,
     mask_to_polygons,
     polygon_area,
+    polygon_to_crop,
     polygon_to_mask,
     repair_polygon,
     serverless_mask,
@@ -198,6 +199,11 @@ def test_polygon_to_mask_matches_exact_point_in_polygon():
         pts = rng.uniform(-5, 45, size=(rng.integers(3, 12), 2))
         expected = Path(pts).contains_points(centres).reshape(30, 40)
         np.testing.assert_array_equal(polygon_to_mask(pts, 30, 40), expected)
+        crop = polygon_to_crop(pts, 30, 40)  # the same pixels, computed over the box only
+        if crop is None:
+            assert not expected.any()
+        else:
+            np.testing.assert_array_equal(mask_to_full(crop, 40, 30), expected)
 
 
 def test_polygon_to_mask_degenerate_inputs_give_empty_masks():

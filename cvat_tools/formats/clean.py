@@ -47,7 +47,8 @@ def outline_instance(inst: Instance, width: int, height: int) -> tuple[Outline |
             note = f"self-intersecting polygon split into {len(pieces)} pieces; kept the largest"
         elif polygon != [(float(x), float(y)) for x, y in geom.points]:
             note = "polygon repaired (self-intersection or parts outside the image removed)"
-        mask = masks.mask_from_bitmap(masks.polygon_to_mask(polygon, height, width))
+        crop = masks.polygon_to_crop(polygon, height, width)
+        mask = masks.mask_tight(crop) if crop is not None else None
         if mask is None:
             return None, "polygon too thin to cover any pixel centre"
         return Outline(inst, polygon, mask, note), None

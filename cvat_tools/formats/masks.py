@@ -56,18 +56,37 @@ def polygon_to_mask(points: Sequence[Sequence[float]], height: int, width: int) 
     non-finite one) gives an empty mask; parts outside the image are cut.
     """
     height, width = int(height), int(width)
-    mask = np.zeros((height, width), dtype=bool)
+    full = np.zeros((max(height, 0), max(width, 0)), dtype=bool)
+    crop = polygon_to_crop(points, height, width)
+    if crop is not None:
+        full[crop.top:crop.top + crop.height, crop.left:crop.left + crop.width] = crop.bitmap
+    return full
+
+
+def polygon_to_crop(points: Sequence[Sequence[float]], height: int, width: int) -> Mask | None:
+    """:func:`polygon_to_mask` over the polygon's bounding box only (fast on large images).
+
+    Returns the rasterized box as a :class:`Mask` (not necessarily tight; see
+    :func:`mask_tight`), or None when the polygon covers no pixel centre of the image.
+    """
+    height, width = int(height), int(width)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
     if len(pts) < 3 or not np.isfinite(pts).all() or height <= 0 or width <= 0:
-        return mask
+        return None
+    row_lo = max(0, math.ceil(float(pts[:, 1].min()) - 0.5))
+    row_hi = min(height - 1, math.floor(float(pts[:, 1].max()) - 0.5))
+    col_lo = max(0, math.ceil(float(pts[:, 0].min()) - 0.5))
+    col_hi = min(width - 1, math.floor(float(pts[:, 0].max()) - 0.5))
+    if row_hi < row_lo or col_hi < col_lo:
+        return None
     x0, y0 = pts[:, 0], pts[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
     sloped = y0 != y1  # horizontal edges never cross a scanline
     x0, y0, x1, y1 = x0[sloped], y0[sloped], x1[sloped], y1[sloped]
     if x0.size == 0:
-        return mask
-    row_lo = max(0, math.ceil(float(pts[:, 1].min()) - 0.5))
-    row_hi = min(height - 1, math.floor(float(pts[:, 1].max()) - 0.5))
+        return None
+    box_w = col_hi - col_lo + 1
+    bitmap = np.zeros((row_hi - row_lo + 1, box_w), dtype=bool)
     inv_slope = (x1 - x0) / (y1 - y0)
     step = max(1, _SCAN_CELLS // x0.size)
     for start in range(row_lo, row_hi + 1, step):
@@ -77,21 +96,23 @@ def polygon_to_mask(points: Sequence[Sequence[float]], height: int, width: int) 
         xs = np.where(crosses, x0 + (yc - y0) * inv_slope, np.inf)
         xs.sort(axis=1)
         n_cross = crosses.sum(axis=1)
-        width_pairs = xs.shape[1] // 2
-        if width_pairs == 0:
+        n_pairs = xs.shape[1] // 2
+        if n_pairs == 0:
             continue
-        enter, leave = xs[:, 0:2 * width_pairs:2], xs[:, 1:2 * width_pairs:2]
-        valid = (np.arange(width_pairs)[None, :] * 2 + 1) < n_cross[:, None]
+        enter, leave = xs[:, 0:2 * n_pairs:2], xs[:, 1:2 * n_pairs:2]
+        valid = (np.arange(n_pairs)[None, :] * 2 + 1) < n_cross[:, None]
         # pixel j is inside a span [enter, leave) when enter <= j + 0.5 < leave
-        first = np.clip(np.ceil(np.where(valid, enter, 0) - 0.5), 0, width).astype(np.int64)
-        stop = np.clip(np.ceil(np.where(valid, leave, 0) - 0.5), 0, width).astype(np.int64)
-        diff = np.zeros((rows.size, width + 1), dtype=np.int32)
+        first = np.clip(np.ceil(np.where(valid, enter, 0) - 0.5) - col_lo, 0, box_w).astype(np.int64)
+        stop = np.clip(np.ceil(np.where(valid, leave, 0) - 0.5) - col_lo, 0, box_w).astype(np.int64)
+        diff = np.zeros((rows.size, box_w + 1), dtype=np.int32)
         r_idx = np.broadcast_to(np.arange(rows.size)[:, None], first.shape)
         keep = valid & (stop > first)
         np.add.at(diff, (r_idx[keep], first[keep]), 1)
         np.add.at(diff, (r_idx[keep], stop[keep]), -1)
-        mask[rows] = np.cumsum(diff[:, :width], axis=1) > 0
-    return mask
+        bitmap[rows - row_lo] = np.cumsum(diff[:, :box_w], axis=1) > 0
+    if not bitmap.any():
+        return None
+    return Mask(bitmap=bitmap, left=col_lo, top=row_lo)
 
 
 def _component_area(contour: np.ndarray) -> int:
@@ -235,10 +256,14 @@ def repair_polygon(points: Sequence[Sequence[float]], width: int, height: int) -
 def mask_from_bitmap(full_bitmap: np.ndarray) -> Mask | None:
     """Tight crop of a full-image bitmap as a :class:`Mask`, or None when it is empty."""
     full_bitmap = np.asarray(full_bitmap).astype(bool)
-    ys, xs = np.nonzero(full_bitmap)
-    if ys.size == 0:
+    if full_bitmap.ndim != 2:
+        raise ValueError("bitmap must have 2 dimensions")
+    rows = np.flatnonzero(full_bitmap.any(axis=1))
+    if rows.size == 0:
         return None
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(full_bitmap[y0:y1].any(axis=0))
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
     return Mask(bitmap=full_bitmap[y0:y1, x0:x1].copy(), left=x0, top=y0)
 
 
