@@ -275,3 +275,24 @@ def test_installed_entry_point_exit_code(tmp_path, images):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {xml}: 1 annotated image(s) not found")
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_bitmap_mask_with_two_parts(tmp_path, images):
+    from cvat_tools.formats.masks import cvat_rle_encode
+
+    bitmap = np.zeros((6, 12), bool)
+    bitmap[0:4, 0:4] = True
+    bitmap[2:6, 7:12] = True
+    rle = ", ".join(map(str, cvat_rle_encode(bitmap)))
+    xml = _xml(tmp_path / "m.xml", f'<mask label="monocyte" occluded="0" rle="{rle}" left="10" top="8" '
+                                   'width="12" height="6" z_order="0"/>')
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("export", xml, "--images", images, "--out", out)
+    assert code == 0, stderr
+    coco = COCO(str(out / "annotations.json"))
+    (ann,) = coco.loadAnns(coco.getAnnIds())
+    assert len(ann["segmentation"]) == 2 and ann["area"] == 16 + 20
+    assert ann["bbox"] == [10.0, 8.0, 12.0, 6.0]
+    png = np.asarray(Image.open(out / "masks" / "a_0.png")) > 0
+    np.testing.assert_array_equal(png[8:14, 10:22], bitmap)
+    np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), png)  # rectangles: exact

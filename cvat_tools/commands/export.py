@@ -13,7 +13,8 @@ classifier's crop reader::
                               project's label order), images with file_name (under images/),
                               width, height; one annotation per cell with a polygon
                               segmentation [[x1, y1, ...]] (pixel-edge coordinates, CVAT's
-                              convention), bbox [x, y, w, h], area, iscrowd 0, attributes
+                              convention; a bitmap mask of several parts gives one ring per
+                              part), bbox [x, y, w, h], area (mask pixels), iscrowd 0, attributes
                               (occluded, z_order, ...), "mask_file" and "source_label"
       images/<name>           the annotated images (hard links where possible, else copies)
       masks/<stem>_<k>.png    one 8-bit PNG per cell, full image size, 0 background / 255
@@ -209,12 +210,12 @@ def run_export(
                         folder = tmp / "crops" / _label_folder(inst.label)
                         folder.mkdir(exist_ok=True)
                         cv2.imwrite(str(folder / f"{stem}_{k}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-                    xs = [p[0] for p in outline.polygon]
-                    ys = [p[1] for p in outline.polygon]
+                    xs = [p[0] for ring in outline.polygons for p in ring]
+                    ys = [p[1] for ring in outline.polygons for p in ring]
                     attributes = {"occluded": bool(inst.occluded), "z_order": inst.z_order, **inst.attributes}
                     ann = {
                         "id": ann_id, "image_id": image_id, "category_id": category[inst.label],
-                        "segmentation": [[round(v, 3) for xy in outline.polygon for v in xy]],
+                        "segmentation": [[round(v, 3) for xy in ring for v in xy] for ring in outline.polygons],
                         "area": int(m.bitmap.sum()),
                         "bbox": [round(min(xs), 3), round(min(ys), 3),
                                  round(max(xs) - min(xs), 3), round(max(ys) - min(ys), 3)],

@@ -16,9 +16,15 @@ from .annotations import Box, Instance, Mask, Points, Polygon
 @dataclass
 class Outline:
     instance: Instance
-    polygon: list[tuple[float, float]]  # valid, inside the image
+    polygon: list[tuple[float, float]]  # valid, inside the image (the largest part)
     mask: Mask  # tight crop, pixel-centre rasterization of ``polygon`` (or the source mask)
     note: str | None = None  # what was repaired, if anything
+    # every outer outline, largest first: a bitmap mask may hold several parts (COCO writes all)
+    polygons: list[list[tuple[float, float]]] | None = None
+
+    def __post_init__(self):
+        if self.polygons is None:
+            self.polygons = [self.polygon]
 
 
 def _polygon_problem(points, width: int, height: int) -> str:
@@ -60,10 +66,10 @@ def outline_instance(inst: Instance, width: int, height: int) -> tuple[Outline |
             inside = masks.mask_tight(geom)
         if inside is None:
             return None, "empty mask"
-        polygon = masks.mask_to_polygon(inside.bitmap, inside.left, inside.top, min_area=1)
-        if polygon is None:
+        polygons = masks.mask_to_polygons(inside.bitmap, inside.left, inside.top, min_area=1)
+        if not polygons:
             return None, "mask has no outline"
-        return Outline(inst, polygon, inside), None
+        return Outline(inst, polygons[0], inside, polygons=polygons), None
     if isinstance(geom, Box):
         return None, "box has no outline; export needs polygons or masks"
     if isinstance(geom, Points):
