@@ -296,3 +296,19 @@ def test_bitmap_mask_with_two_parts(tmp_path, images):
     png = np.asarray(Image.open(out / "masks" / "a_0.png")) > 0
     np.testing.assert_array_equal(png[8:14, 10:22], bitmap)
     np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), png)  # rectangles: exact
+
+
+def test_export_from_an_unzipped_coco_export_folder(tmp_path):
+    """CVAT's COCO 1.0 export, unzipped: annotations/instances_default.json + images/default/."""
+    from cvat_tools.formats.coco import write_coco
+
+    root = tmp_path / "coco_export"
+    (root / "images" / "default").mkdir(parents=True)
+    _image(root / "images" / "default" / "f.jpg")
+    ds = Dataset(images=[ImageAnnotation("f.jpg", 40, 30, [Instance("Eosinophils", Polygon([(5, 5), (25, 5), (25, 20)]))],
+                                         id=1)])
+    write_coco(ds, root / "annotations" / "instances_default.json")
+    code, _, stderr = run_cli("export", root, "--out", tmp_path / "out")
+    assert code == 0, stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["format"] == "coco" and manifest["per_class"] == {"eosinophil": 1}

@@ -110,7 +110,7 @@ class Dataset:
 
     images: list[ImageAnnotation] = field(default_factory=list)
     labels: list[LabelSpec] = field(default_factory=list)
-    # What a reader or cleaner left out, and why: {"image": name, "label": label, "reason": ...}
+    # What a reader or writer left out, and why: {"image": name, "label": label, "reason": ...}
     skipped: list[dict] = field(default_factory=list)
 
     def label_names(self) -> list[str]:

@@ -115,7 +115,7 @@ def open_annotations(
     if fmt == "zip":  # pragma: no cover - handled above
         raise InputError(f"{path}: archive")
     dataset = _read(fmt, found, images)
-    base = found if found.is_dir() else found.parent
+    base = path if path.is_dir() else found.parent  # an export folder holds images/ at its top
     yield dataset, (base / "images" if (base / "images").is_dir() else None), fmt
 
 
