@@ -29,6 +29,23 @@ def make_random_classifier(path: Path) -> Path:
     )
 
 
+_SHARED: dict[str, Path] = {}
+
+
+def shared_weights() -> Path:
+    """One weights folder (random classifier only) per test process: built once, removed at exit."""
+    if "dir" not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="cvat-tools-test-weights-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        make_random_classifier(root / "classifier")
+        _SHARED["dir"] = root
+    return _SHARED["dir"]
+
+
 @dataclass
 class FakePrediction:
     label: str

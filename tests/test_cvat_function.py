@@ -15,14 +15,12 @@ from cvat_tools import cvat_function, labels
 from cvat_tools.formats.masks import mask_to_full, polygon_to_mask
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, attribute_specs
-from pipeline_fakes import iou, make_random_classifier
+from pipeline_fakes import iou, shared_weights
 
 
 @pytest.fixture(scope="module")
-def function(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
-    make_random_classifier(root / "classifier")
-    return cvat_function.create(weights=str(root))
+def function():
+    return cvat_function.create(weights=str(shared_weights()))
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +170,82 @@ def test_annotate_unreachable_host_is_clear_and_hides_secrets(monkeypatch, env):
     assert code == 2
     assert f"cannot reach CVAT at {host}" in text and "Traceback" not in text
     assert "s3cret" not in text
+
+
+class _FakeSample:
+    def __init__(self, index, path):
+        self.frame_index, self.frame_name = index, path.name
+        self.media = type("Media", (), {"load_image": staticmethod(lambda: PIL.Image.open(path))})
+
+
+class _FakeTaskDataset:
+    """What cvat_sdk's driver reads from a task: its labels and its frames."""
+
+    frames: list = []
+
+    def __init__(self, client, task_id, load_annotations=False):
+        assert task_id == 7 and load_annotations is False
+        self.labels = task_labels()
+        self.samples = [_FakeSample(i, p) for i, p in enumerate(self.frames)]
+
+
+class _FakeClient:
+    def __init__(self):
+        self.logger = logging.getLogger("fake-cvat")
+        self.sent = {}
+        client = self
+
+        class _Api:
+            def update_annotations(self, task_id, labeled_data_request):
+                client.sent = {"mode": "replace", "task": task_id, "data": labeled_data_request}
+
+            def partial_update_annotations(self, action, task_id, patched_labeled_data_request):
+                client.sent = {"mode": action, "task": task_id, "data": patched_labeled_data_request}
+
+        self.tasks = type("Tasks", (), {"api": _Api()})()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_annotate_end_to_end_through_the_sdk_driver(monkeypatch, tmp_path, bccd_dir):
+    """cvat-tools annotate with cvat-sdk's real driver; only the server side is faked."""
+    import socket
+
+    import cvat_sdk
+    import cvat_sdk.auto_annotation.driver as driver
+
+    weights = shared_weights()
+    frames = [bccd_dir / "images" / "BloodImage_00002.jpg", bccd_dir / "images" / "BloodImage_00005.jpg"]
+    monkeypatch.setattr(_FakeTaskDataset, "frames", frames)
+    monkeypatch.setattr(driver, "TaskDataset", _FakeTaskDataset)
+    client = _FakeClient()
+    seen = {}
+
+    def fake_make_client(host, **login):
+        seen.update(host=host, login=login)
+        return client
+
+    monkeypatch.setattr(cvat_sdk, "make_client", fake_make_client)
+    with socket.socket() as server:  # something listening, for the reachability probe
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        host = f"http://127.0.0.1:{server.getsockname()[1]}"
+        code, text = _annotate(monkeypatch, {"CVAT_ACCESS_TOKEN": "tok"}, "--host", host,
+                               "--task", "7", "--clear-existing", "--threshold", "0.4",
+                               "--weights", str(weights))
+    assert code == 0, text
+    assert seen == {"host": host, "login": {"access_token": "tok"}}
+    assert client.sent["mode"] == "replace" and client.sent["task"] == 7
+    shapes = client.sent["data"].shapes
+    pipeline = Pipeline.load(weights=weights)
+    expected = [pipeline.run(load_image(p), threshold=0.4) for p in frames]
+    assert len(shapes) == sum(len(e) for e in expected) >= 2
+    assert sorted({s.frame for s in shapes}) == [0, 1]
+    for shape in shapes:
+        assert shape.type.value == "mask" and shape.source == "auto"
+        assert 500 <= shape.label_id < 500 + len(labels.ALL_CLASSES)
+        assert len(shape.attributes) == len(attribute_specs())

@@ -12,15 +12,13 @@ from cvat_tools.pipeline import (
     NO_REFINER, Pipeline, attribute_specs, check_attributes, label_specs, percent,
 )
 from pipeline_fakes import (
-    FakeModel, GridSegmenter, TINY_INPUT, make_random_classifier,
+    FakeModel, GridSegmenter, TINY_INPUT, shared_weights,
 )
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
-    make_random_classifier(root / "classifier")
-    return root
+def weights_dir():
+    return shared_weights()
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,14 @@ from cvat_tools.formats.cvat_xml import read_cvat_xml
 from cvat_tools.formats.masks import mask_to_full
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, check_attributes
-from pipeline_fakes import make_random_classifier
+from pipeline_fakes import shared_weights
 
 GOOD = ["BloodImage_00002.jpg", "BloodImage_00003.jpg"]
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
-    make_random_classifier(root / "classifier")
-    return root
+def weights_dir():
+    return shared_weights()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from cvat_tools import labels, serverless
 from cvat_tools.formats.masks import mask_to_full, polygon_to_mask, serverless_mask_decode
 from cvat_tools.imaging import decode_image
 from cvat_tools.pipeline import attribute_specs
-from pipeline_fakes import iou, make_random_classifier
+from pipeline_fakes import iou, shared_weights
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = REPO / "serverless" / "pytorch" / "cvat_tools" / "wbc" / "nuclio"
@@ -25,10 +25,8 @@ YAMLS = ["function.yaml", "function-gpu.yaml"]
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
-    make_random_classifier(root / "classifier")
-    return root
+def weights_dir():
+    return shared_weights()
 
 
 @pytest.fixture(scope="module")
