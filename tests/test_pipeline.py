@@ -117,3 +117,23 @@ def test_real_pipeline_on_bccd_is_deterministic(weights_dir, bccd_image):
         assert inst.label in labels.ALL_CLASSES
         assert check_attributes(inst) == []
         assert pipe.classifier.input_size == TINY_INPUT
+
+
+def test_load_a_maskrcnn_segmenter_bundle(tmp_path):
+    """An explicit segmenter bundle replaces the classical fallback (random tiny Mask R-CNN)."""
+    import torch
+
+    from cvat_tools.bundle import save_bundle
+    from cvat_tools.segment.maskrcnn import LABELS, MaskRCNNSegmenter, build_model
+
+    tiny = {"long_side": 128, "fpn_channels": 32, "box_head": 64, "mask_head": [32]}
+    torch.manual_seed(0)
+    model = build_model(tiny, pretrained=False)
+    path = save_bundle(tmp_path / "seg", kind="segmenter", state_dict=model.state_dict(),
+                       labels=LABELS, architecture={"name": "maskrcnn",
+                                                     "backbone": "efficientnet_lite0", **tiny})
+    pipe = Pipeline.load(segmenter=path, weights=shared_weights())
+    assert isinstance(pipe.segmenter, MaskRCNNSegmenter) and pipe.info.segmenter == str(path)
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    for inst in pipe.run(image, threshold=0.0):
+        assert isinstance(inst.geometry, Mask) and check_attributes(inst) == []
