@@ -31,6 +31,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ..errors import BundleError
 from ..formats.annotations import Mask
 from .base import Detection, check_image, paste_mask
+from .normalize import balance_background
 
 LABELS = ["wbc"]
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
@@ -39,7 +40,8 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "fpn_channels": 128,
     "box_head": 256,
     "mask_head": [128, 128],
-    "long_side": 512,
+    "long_side": 384,
+    "balance": True,   # white-balance the slide background (segment/normalize.py)
 }
 
 
@@ -140,8 +142,10 @@ class MaskRCNNSegmenter:
 
     name = "maskrcnn"
 
-    def __init__(self, model: MaskRCNN, long_side: int = 512, device: str = "cpu", mask_threshold: float = 0.5):
+    def __init__(self, model: MaskRCNN, long_side: int = 384, device: str = "cpu", mask_threshold: float = 0.5,
+                 balance: bool = False):
         self.model = model.eval().to(device)
+        self.balance = balance
         self.long_side = int(long_side)
         self.device = device
         self.mask_threshold = mask_threshold
@@ -157,13 +161,16 @@ class MaskRCNNSegmenter:
             model.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
             raise BundleError(f"{path}: weights do not fit the architecture {arch} ({str(exc)[:200]})") from None
-        return cls(model, long_side=int(arch.get("long_side", 512)), device=device)
+        return cls(model, long_side=int(arch.get("long_side", 384)), device=device,
+                   balance=bool(arch.get("balance", False)))
 
     @torch.inference_mode()
     def segment(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
         image = check_image(image)
         h, w = image.shape[:2]
         work, scale = resize_long_side(image, self.long_side)
+        if self.balance:
+            work = balance_background(work)
         work = work if work.flags.writeable and work.flags.c_contiguous else np.array(work)
         x = torch.from_numpy(work).permute(2, 0, 1).float().div_(255).to(self.device)
         out = self.model([x])[0]

@@ -1,7 +1,7 @@
 """Segment a small single-cell image (JTSC 120x120, a crop) with a field segmenter.
 
 Field segmenters expect cells of BCCD size (~135 px across in a 640x480 field). A tiny crop
-is upscaled by ``upscale`` and centred on a field-sized canvas of its own border colour; the
+is upscaled by ``upscale`` and centred on a field-sized canvas of its own mirror images; the
 detections are mapped back to the crop's pixels.
 """
 from __future__ import annotations
@@ -22,11 +22,10 @@ def as_field(image: np.ndarray, upscale: float, field: tuple[int, int] = FIELD) 
     uw, uh = max(1, round(w * upscale)), max(1, round(h * upscale))
     big = cv2.resize(image, (uw, uh), interpolation=cv2.INTER_CUBIC if upscale > 1 else cv2.INTER_AREA)
     fw, fh = max(field[0], uw), max(field[1], uh)
-    border = np.concatenate([big[0], big[-1], big[:, 0], big[:, -1]])
-    canvas = np.empty((fh, fw, 3), dtype=np.uint8)
-    canvas[:] = np.median(border, axis=0).astype(np.uint8)
     x0, y0 = (fw - uw) // 2, (fh - uh) // 2
-    canvas[y0:y0 + uh, x0:x0 + uw] = big
+    # Mirrored copies of the crop around it look like a smear field (cells all around); a flat
+    # colour does not, and the learned model then misses the cell.
+    canvas = cv2.copyMakeBorder(big, y0, fh - uh - y0, x0, fw - uw - x0, cv2.BORDER_REFLECT)
     return canvas, (x0, y0, uw, uh)
 
 

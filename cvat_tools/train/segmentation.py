@@ -37,6 +37,7 @@ class SegTrainConfig:
     backbone: str = "efficientnet_lite0"
     architecture: str = "maskrcnn"
     long_side: int = 384
+    balance: bool = True                # white-balance the slide background (train and inference)
     epochs: int = 12
     head_epochs: int = 1                # backbone frozen for the first epochs (thesis)
     batch_size: int = 2
@@ -78,10 +79,11 @@ def _unwrap(model):
 
 
 @torch.inference_mode()
-def evaluate_model(model, samples: list[SegSample], long_side: int, device: str = "cpu") -> dict[str, float]:
+def evaluate_model(model, samples: list[SegSample], long_side: int, device: str = "cpu",
+                   balance: bool = False) -> dict[str, float]:
     from ..imaging import load_image
 
-    segmenter = MaskRCNNSegmenter(_unwrap(model), long_side=long_side, device=device)
+    segmenter = MaskRCNNSegmenter(_unwrap(model), long_side=long_side, device=device, balance=balance)
     scores = SegmentationScores()
     for sample in samples:
         image = load_image(sample.image)
@@ -126,7 +128,7 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
         val_samples = read_samples(cfg.val, cfg.val_split)
     if cfg.max_val_images:
         val_samples = val_samples[: cfg.max_val_images]
-    train_set = InstanceDataset(train_samples, cfg.long_side, train=True, seed=cfg.seed + rank)
+    train_set = InstanceDataset(train_samples, cfg.long_side, train=True, seed=cfg.seed + rank, balance=cfg.balance)
 
     sampler = None
     if world > 1:
@@ -138,7 +140,8 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
         collate_fn=collate, num_workers=0,
     )
 
-    arch = {**DEFAULT_ARCHITECTURE, "name": cfg.architecture, "backbone": cfg.backbone, "long_side": cfg.long_side}
+    arch = {**DEFAULT_ARCHITECTURE, "name": cfg.architecture, "backbone": cfg.backbone,
+            "long_side": cfg.long_side, "balance": cfg.balance}
     model = build_model(arch, pretrained=cfg.pretrained).to(cfg.device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -187,7 +190,7 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
         if rank == 0:
             record = {"epoch": epoch, "seconds": round(time.time() - t0, 1), "losses": {k: round(v, 4) for k, v in running.items()}}
             if val_samples:
-                metrics = evaluate_model(model, val_samples, cfg.long_side, cfg.device)
+                metrics = evaluate_model(model, val_samples, cfg.long_side, cfg.device, cfg.balance)
                 record["val"] = metrics
                 score = metrics["mask_AP"] + metrics["mean_dice"]
             else:

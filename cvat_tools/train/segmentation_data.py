@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InputError
 from ..formats.masks import coco_rle_decode, polygon_to_mask
 from ..imaging import load_image
+from ..segment.normalize import balance_background
 
 # One BCCD/JTSC mask component smaller than this (px at the file's size) is noise, not a cell.
 MIN_CELL_AREA = 200
@@ -144,9 +145,17 @@ def hsv_jitter(image: np.ndarray, rng: random.Random, hue: float = 8, sat: float
     return cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
 
 
-def augment(image: np.ndarray, masks: np.ndarray, rng: random.Random, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random crop (at most crop x crop), flips, 90-degree rotations, colour jitter, blur.
-    ``masks`` is N x H x W uint8."""
+def channel_cast(image: np.ndarray, rng: random.Random, strength: float = 0.25) -> np.ndarray:
+    """Another lab's colour cast: independent gains per RGB channel (a yellow or blue slide)."""
+    gains = np.array([rng.uniform(1 - strength, 1 + strength) for _ in range(3)], dtype=np.float32)
+    return np.clip(image.astype(np.float32) * gains, 0, 255).astype(np.uint8)
+
+
+def augment(image: np.ndarray, masks: np.ndarray, rng: random.Random, crop: int,
+            balance: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop (at most crop x crop), flips, 90-degree rotations, colour jitter (HSV and a
+    per-channel cast), blur; then the background white balance when the model uses it, as at
+    inference. ``masks`` is N x H x W uint8."""
     h, w = image.shape[:2]
     if h > crop or w > crop:
         y0, x0 = rng.randint(0, max(h - crop, 0)), rng.randint(0, max(w - crop, 0))
@@ -161,8 +170,12 @@ def augment(image: np.ndarray, masks: np.ndarray, rng: random.Random, crop: int)
     image = np.ascontiguousarray(image)
     if rng.random() < 0.8:
         image = hsv_jitter(image, rng)
+    if rng.random() < 0.5:
+        image = channel_cast(image, rng)
     if rng.random() < 0.3:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
+    if balance:
+        image = balance_background(image)
     return image, np.ascontiguousarray(masks)
 
 
@@ -185,8 +198,10 @@ class InstanceDataset:
     ``scale_range`` when training), then augmented and cropped to ``long_side`` square."""
 
     def __init__(self, samples: list[SegSample], long_side: int, train: bool,
-                 scale_range: tuple[float, float] = (0.75, 1.33), seed: int = 0, min_area: int = 30):
+                 scale_range: tuple[float, float] = (0.75, 1.33), seed: int = 0, min_area: int = 30,
+                 balance: bool = False):
         self.samples = samples
+        self.balance = balance
         self.long_side = long_side
         self.train = train
         self.scale_range = scale_range
@@ -208,7 +223,9 @@ class InstanceDataset:
             scale *= self.rng.uniform(*self.scale_range)
         image, masks = resize_sample(image, masks, scale)
         if self.train:
-            image, masks = augment(image, masks, self.rng, self.long_side)
+            image, masks = augment(image, masks, self.rng, self.long_side, self.balance)
+        elif self.balance:
+            image = balance_background(image)
         keep = masks.reshape(len(masks), -1).sum(1) >= self.min_area if len(masks) else np.zeros(0, bool)
         masks = masks[keep]
         boxes = []
