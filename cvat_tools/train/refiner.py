@@ -47,7 +47,8 @@ class RefinerConfig:
     backbone: str = "efficientnet_lite0"
     batch_size: int = 32  # per domain
     lr: float = 3e-4
-    domain_weight: float = 1.0
+    domain_weight: float = 0.3  # scales lambda (the reversed gradient)
+    domain_lr_mult: float = 10.0
     stain: str = "reinhard"
     seed: int = 0
     cache: Path | None = None
@@ -149,7 +150,12 @@ def train_refiner(cfg: RefinerConfig) -> Path:
     model = DANN(len(labels), cfg.backbone, pretrained=cfg.pretrained and classifier is None)
     if classifier is not None:
         model.init_from_classifier(classifier.state_dict, classifier.labels, labels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # The discriminator learns faster than the features (domain_lr_mult): if it lags, the
+    # reversed gradient flips the domains back and forth instead of aligning them.
+    optimizer = torch.optim.Adam([
+        {"params": [*model.features.parameters(), *model.label_head.parameters()], "lr": cfg.lr},
+        {"params": model.domain_head.parameters(), "lr": cfg.lr * cfg.domain_lr_mult},
+    ])
     steps_per_epoch = math.ceil(len(data.source_x) / cfg.batch_size)
     if cfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
