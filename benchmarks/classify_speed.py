@@ -29,14 +29,20 @@ def main() -> None:
     from cvat_tools.classify.classifier import CellClassifier
     from cvat_tools.classify.dann import Refiner
     from cvat_tools.bundle import shipped_bundle
-    from cvat_tools.train.classification_eval import load_eval_set
+    from cvat_tools.imaging import load_image
+    from cvat_tools.train import classification_data as D
 
     clf = CellClassifier.from_bundle()
-    evalset = load_eval_set(args.pbc, "test", clf.manifest)
-    crops = (evalset.crops * (args.n // len(evalset.crops) + 1))[:args.n]
+    test = D.split_from_manifest(clf.manifest["split"]["files"], args.pbc, "test")
+    test = test[::max(1, len(test) // args.n)][:args.n]
+    mask_fn = D.centre_mask_function()[0]
+    crops = [D.centre_crop(load_image(s.path), None, mask_fn)[0] for s in test]
+    crops = (crops * (args.n // len(crops) + 1))[:args.n]
     models = [("classifier", clf)]
     if shipped_bundle("refiner"):
         models.append(("refiner", Refiner.from_bundle(classifier_labels=clf.labels)))
+    import os
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs slow this down)")
     print(f"{args.n} crops (median side {sorted(c.shape[0] for c in crops)[len(crops) // 2]} px), "
           f"batch {args.batch_size}, {args.threads} threads")
     for name, model in models:

@@ -37,6 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from cvat_tools import labels as L
     from cvat_tools.bundle import shipped_bundle
     from cvat_tools.classify.classifier import CellClassifier
     from cvat_tools.classify.dann import Refiner
@@ -86,7 +87,8 @@ def main() -> None:
             rep = score_predictions(s.truth, labels, "cross-domain")
             cells += f"{rep.macro_f1:14.3f}{rep.accuracy:7.3f}"
         print(f"{title:<26}{cells}")
-    print("n: " + ", ".join(f"{name} {len(s.truth)}" for name, s in sets.items()))
+    print("n (crops of the 4 classes): " + ", ".join(
+        f"{name} {sum(t in L.CROSS_DOMAIN_CLASSES for t in s.truth)}" for name, s in sets.items()))
 
 
 if __name__ == "__main__":
