@@ -83,11 +83,14 @@ def check_out(out: Path) -> None:
 # overlays and the differential count
 
 
-def _palette(labels: list[str]) -> dict[str, tuple[int, int, int]]:
-    from matplotlib import colormaps
+# Saturated colours that stay visible on pink/violet smears (one per label, in label order).
+_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128),
+           (170, 110, 40), (128, 0, 0)]
 
-    cmap = colormaps["tab20"]
-    return {name: tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i, name in enumerate(labels)}
+
+def _palette(labels: list[str]) -> dict[str, tuple[int, int, int]]:
+    return {name: _COLORS[i % len(_COLORS)] for i, name in enumerate(labels)}
 
 
 def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> np.ndarray:
@@ -96,13 +99,14 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> 
 
     canvas = image.copy()
     scale = max(image.shape[:2]) / 1000.0
-    thickness = max(1, int(round(2 * scale)))
+    thickness = max(2, int(round(2 * scale)))
     for inst in instances:
         mask = inst.geometry
         assert isinstance(mask, Mask)
         color = colors.get(inst.label, (255, 255, 0))
         contours, _ = cv2.findContours(np.asarray(mask.bitmap, np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_SIMPLE, offset=(mask.left, mask.top))
+        cv2.drawContours(canvas, contours, -1, (0, 0, 0), thickness + 2)  # dark rim: contrast
         cv2.drawContours(canvas, contours, -1, color, thickness)
         review = inst.attributes.get("needs_review") == "true"
         text = f"{inst.label} {inst.score:.2f}" + (" ?" if review else "")
@@ -111,9 +115,10 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> 
         x = int(min(max(mask.left, 0), max(image.shape[1] - tw, 0)))
         y = int(mask.top - 4 if mask.top - th - base - 4 > 0 else mask.top + mask.height + th + 4)
         y = min(max(y, th + 2), image.shape[0] - base - 1)
-        cv2.rectangle(canvas, (x, y - th - 2), (x + tw, y + base), (255, 255, 255), -1)
-        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, thickness,
-                    cv2.LINE_AA)
+        cv2.rectangle(canvas, (x, y - th - 2), (x + tw, y + base), color, -1)
+        ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 128 else (255, 255, 255)
+        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink,
+                    max(1, thickness // 2), cv2.LINE_AA)
     return canvas
 
 
