@@ -6,7 +6,8 @@
    (decode base64 + JPEG, Pipeline.run, response JSON), on a real 640x480 BCCD field
    (BloodImage_00002.jpg) and on the same field upscaled to 4032x3024 (bicubic, JPEG q=90;
    the size of a phone-on-microscope photograph). The first call is reported apart (warm-up).
-2. predict throughput: `cvat-tools predict` (in-process, CVAT XML out) over the first --n
+2. Stages: decode, segmenter alone and the whole Pipeline.run on the same two images.
+3. predict throughput: `cvat-tools predict` (in-process, CVAT XML out) over the first --n
    images of the BCCD test split, images/s excluding model loading.
 
 Models: the shipped bundles, or --weights DIR (segmenter/ classifier/ refiner/). The numbers
@@ -85,6 +86,33 @@ def handler_latency(weights: Path | None, repeat: int) -> dict:
     return results
 
 
+def stage_times(weights: Path | None, repeat: int) -> dict:
+    """Where the time goes on one field: segmenter vs classifier+refiner (min of repeats)."""
+    from cvat_tools.imaging import decode_image
+    from cvat_tools.pipeline import Pipeline
+
+    pipeline = Pipeline.load(weights=weights)
+    field = DATA / "bccd_wbc" / "images" / "BloodImage_00002.jpg"
+    out = {}
+    for name, size in (("640x480", None), ("4032x3024", (4032, 3024))):
+        data = jpeg_bytes(field, size)
+        t0 = time.perf_counter()
+        image = decode_image(data)
+        decode_s = time.perf_counter() - t0
+        seg, full = [], []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            pipeline.segmenter.segment(image, threshold=0.5)
+            seg.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pipeline.run(image, threshold=0.5)
+            full.append(time.perf_counter() - t0)
+        out[name] = {"decode_s": round(decode_s, 3), "segment_min_s": round(min(seg), 3),
+                     "run_min_s": round(min(full), 3),
+                     "classify_refine_min_s": round(max(min(full) - min(seg), 0.0), 3)}
+    return out
+
+
 def predict_throughput(weights: Path | None, n: int) -> dict:
     from cvat_tools.commands import predict as predict_cmd
     from cvat_tools.pipeline import Pipeline
@@ -129,11 +157,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     report = {
         "threads": args.threads,
         "cpu": os.cpu_count(),
         "handler": handler_latency(args.weights, args.repeat),
+        "stages": stage_times(args.weights, args.repeat),
         "predict": predict_throughput(args.weights, args.n),
+        # other processes on the same cores inflate the times: compare min_s on a busy machine
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     print(json.dumps(report, indent=2))
 
