@@ -14,6 +14,7 @@ from .base import Detection, Segmenter, check_image, detection_from_full
 FIELD = (640, 480)
 # JTSC cells are ~81 px across (median), BCCD's ~135 px: 135 / 81.
 JTSC_UPSCALE = 1.67
+INSIDE_FRACTION = 0.6
 
 
 def as_field(image: np.ndarray, upscale: float, field: tuple[int, int] = FIELD) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -40,8 +41,11 @@ def segment_single_cell(segmenter: Segmenter, image: np.ndarray, upscale: float 
     canvas, (x0, y0, uw, uh) = as_field(image, upscale)
     out = []
     for det in segmenter.segment(canvas, threshold=threshold):
-        full = det.full_mask(*canvas.shape[:2])[y0:y0 + uh, x0:x0 + uw]
-        if not full.any():
+        whole = det.full_mask(*canvas.shape[:2])
+        full = whole[y0:y0 + uh, x0:x0 + uw]
+        # Cells found in the mirrored surroundings are copies: keep a detection only when most
+        # of it lies in the image itself.
+        if full.sum() < INSIDE_FRACTION * whole.sum():
             continue
         small = cv2.resize(full.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
         mapped = detection_from_full(small, det.score, det.label)
