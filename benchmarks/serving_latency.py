@@ -10,6 +10,9 @@
 3. predict throughput: `cvat-tools predict` (in-process, CVAT XML out) over the first --n
    images of the BCCD test split, images/s excluding model loading.
 
+Wall times (median, min) are what a caller waits; on a shared machine also read cpu_median_s
+(process CPU seconds per call, all threads), which other processes barely move.
+
 Models: the shipped bundles, or --weights DIR (segmenter/ classifier/ refiner/). The numbers
 depend on the CPU and on what else runs on it: rerun on the machine you care about.
 """
@@ -68,11 +71,12 @@ def handler_latency(weights: Path | None, repeat: int) -> dict:
     for name, size in (("640x480", None), ("4032x3024", (4032, 3024))):
         data = jpeg_bytes(field, size)
         body = {"image": base64.b64encode(data).decode("ascii"), "threshold": 0.5}
-        times, cells = [], None
+        times, cpu, cells = [], [], None
         for _ in range(repeat + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             response = platform.call_handler(module.handler, nuclio_sdk.Event(body=body))
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             assert response.status_code == 200, response.body
             cells = len(json.loads(response.body))
         results[name] = {
@@ -80,6 +84,9 @@ def handler_latency(weights: Path | None, repeat: int) -> dict:
             "first_call_s": round(times[0], 3),
             "median_s": round(statistics.median(times[1:]), 3),
             "min_s": round(min(times[1:]), 3),
+            # CPU seconds of this process per call (all threads): barely moved by other
+            # processes on the same cores, unlike wall time
+            "cpu_median_s": round(statistics.median(cpu[1:]), 3),
             "runs": repeat,
             "cells": cells,
         }
