@@ -70,9 +70,16 @@ def test_rule_shared_class_takes_refiner():
     assert (d.classifier_label, d.refiner_label, d.agree) == ("monocyte", "lymphocyte", False)
 
 
-def test_rule_unknown_class_needs_confident_refiner():
-    assert combine(_pred("platelet", 0.9, FINE), _pred("lymphocyte", 0.6, SHARED)).label == "platelet"
-    assert combine(_pred("platelet", 0.9, FINE), _pred("lymphocyte", 0.95, SHARED)).label == "lymphocyte"
+def test_rule_refiner_final_for_classes_it_does_not_know():
+    # the thesis rule: anything but blast/band goes to the refiner
+    d = combine(_pred("platelet", 0.9, FINE), _pred("lymphocyte", 0.6, SHARED))
+    assert (d.label, d.classifier_label, d.agree) == ("lymphocyte", "platelet", False)
+
+
+def test_rule_conservative_variant_needs_confident_refiner():
+    c = _pred("platelet", 0.9, FINE)
+    assert combine(c, _pred("lymphocyte", 0.6, SHARED), refiner_confident=0.9).label == "platelet"
+    assert combine(c, _pred("lymphocyte", 0.95, SHARED), refiner_confident=0.9).label == "lymphocyte"
 
 
 def test_rule_without_refiner_and_configurable():

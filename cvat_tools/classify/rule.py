@@ -1,9 +1,12 @@
 """The thesis rule: who names the cell when the classifier and the refiner disagree.
 
 The classifier (trained on PBC's fine classes) names the class. For blast and band cells its
-answer stands: the refiner does not know them. Otherwise, when there is a refiner and either
-the classifier's class is one the refiner knows or the refiner is confident, the refiner's
-answer over the shared classes is final (it was trained to ignore which lab a crop came from).
+answer stands: the refiner does not know them. Otherwise the refiner's answer over the shared
+classes is final, as in the thesis: it was trained to ignore which lab a crop came from, and
+the PBC-only classifier is the model that breaks on other labs (on BCCD/JTSC crops it calls most
+WBCs "platelet"; see MODEL_CARD.md), so its out-of-refiner answers are not trusted by default.
+``refiner_confident`` restores a conservative variant: a class the refiner does not know
+(platelet, erythroblast) then stands unless the refiner scores at least that much.
 Both answers are kept in the :class:`Decision` so an annotator can see the disagreement.
 """
 from __future__ import annotations
@@ -13,7 +16,6 @@ from dataclasses import dataclass
 from .. import labels as L
 from .classifier import Prediction
 
-REFINER_CONFIDENT = 0.9  # refiner score that overrides even a class it does not know
 
 
 @dataclass
@@ -31,7 +33,7 @@ def combine(
     classifier_pred: Prediction,
     refiner_pred: Prediction | None,
     classifier_final: tuple[str, ...] | list[str] = L.CLASSIFIER_FINAL,
-    refiner_confident: float = REFINER_CONFIDENT,
+    refiner_confident: float | None = None,
 ) -> Decision:
     """Final label of one cell from the classifier's and (optionally) the refiner's answers."""
     c = classifier_pred
@@ -42,6 +44,6 @@ def combine(
     if r is None or c.label in classifier_final:
         return keep
     refiner_knows = c.label in r.probs
-    if refiner_knows or r.score >= refiner_confident:
+    if refiner_confident is None or refiner_knows or r.score >= refiner_confident:
         keep.label, keep.score = r.label, r.score
     return keep
