@@ -1,7 +1,6 @@
 """deploy.sh against a fake nuctl that records its arguments (no Docker, no Nuclio needed)."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

@@ -11,28 +11,15 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from cvat_tools.cli import main
 from cvat_tools.formats.annotations import Dataset, ImageAnnotation, Instance, Polygon
 from cvat_tools.formats.cvat_xml import to_cvat_xml
 from cvat_tools.formats.masks import mask_to_polygon
+from cli_run import run_cli
 
 BCCD_CASES = [("BloodImage_00000", "NEUTROPHILS"), ("BloodImage_00004", "Neutrophils"),
               ("BloodImage_00013", "Lymphocyte")]
 
 
-def run_cli(*args: str | Path) -> tuple[int, str, str]:
-    """Run the real entry point; (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 from cvat_tools import labels
-from cvat_tools.cli import main
 from cvat_tools.formats.annotations import Mask
 from cvat_tools.formats.cvat_xml import read_cvat_xml
 from cvat_tools.formats.masks import mask_to_full
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, check_attributes
 from pipeline_fakes import shared_weights
+from cli_run import run_cli as run
 
 GOOD = ["BloodImage_00002.jpg", "BloodImage_00003.jpg"]
 
@@ -42,19 +42,6 @@ def mixed_dir(tmp_path_factory, bccd_dir):
     return folder
 
 
-def run(*args):
-    """(exit code, stdout, stderr) of the CLI, as a user sees it."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

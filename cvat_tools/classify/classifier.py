@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -87,6 +86,18 @@ class _BundleModel:
                                       {lab: float(p) for lab, p in zip(self.labels, row)}))
         return out
 
+    @classmethod
+    def _from_loaded(cls, model: nn.Module, bundle, device: str):
+        """Fill ``model`` from ``bundle`` (refusing weights of another shape) and wrap it."""
+        try:
+            model.load_state_dict(bundle.state_dict)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"{bundle.path}: weights do not fit {bundle.architecture} ({str(exc)[:200]})"
+            ) from None
+        stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
+        return cls(model, bundle.labels, bundle.manifest.get("input_size", 128), stain, device, bundle.manifest)
+
 
 def _resolve(path, kind: str) -> Path:
     if path is None:
@@ -107,9 +118,4 @@ class CellClassifier(_BundleModel):
         bundle = load_bundle(_resolve(path, "classifier"), kind="classifier")
         arch = bundle.architecture
         model = build_classifier(arch.get("backbone", "efficientnet_lite0"), len(bundle.labels), pretrained=False)
-        try:
-            model.load_state_dict(bundle.state_dict)
-        except RuntimeError as exc:
-            raise BundleError(f"{bundle.path}: weights do not fit {arch} ({str(exc)[:200]})") from None
-        stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
-        return cls(model, bundle.labels, bundle.manifest.get("input_size", 128), stain, device, bundle.manifest)
+        return cls._from_loaded(model, bundle, device)

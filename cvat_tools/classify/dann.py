@@ -25,7 +25,6 @@ from ..bundle import load_bundle
 from ..errors import BundleError
 from .backbones import create_backbone
 from .classifier import _BundleModel, _resolve
-from .stain import StainNormalizer
 
 
 class GradientReversal(torch.autograd.Function):
@@ -105,9 +104,4 @@ class Refiner(_BundleModel):
         arch = bundle.architecture
         model = DANN(len(bundle.labels), arch.get("backbone", "efficientnet_lite0"), pretrained=False,
                      hidden=arch.get("domain_hidden", 256))
-        try:
-            model.load_state_dict(bundle.state_dict)
-        except RuntimeError as exc:
-            raise BundleError(f"{bundle.path}: weights do not fit {arch} ({str(exc)[:200]})") from None
-        stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
-        return cls(model, bundle.labels, bundle.manifest.get("input_size", 128), stain, device, bundle.manifest)
+        return cls._from_loaded(model, bundle, device)

@@ -29,7 +29,6 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import BundleError
-from ..formats.annotations import Mask
 from .base import Detection, check_image, paste_mask
 from .normalize import balance_background
 
