@@ -148,11 +148,15 @@ def save_checkpoint(path: Path, **state) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, labels: list[str], size: int) -> dict:
+    """A run's last checkpoint, refused when it was made for other labels or input size."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise InputError(f"{path}: cannot resume from this checkpoint ({exc}); delete it to start over") from None
+    if ckpt.get("labels") != labels or ckpt.get("size") != size:
+        raise InputError(f"{path}: checkpoint was made for other labels or size; drop --resume")
+    return ckpt
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -182,9 +186,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     ckpt_path = work / "last.pt"
     start_epoch, best_f1, best_state, history = 0, -1.0, None, []
     if cfg.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("labels") != labels or ckpt.get("size") != cfg.size:
-            raise InputError(f"{ckpt_path}: checkpoint was made for other labels or size; drop --resume")
+        ckpt = load_checkpoint(ckpt_path, labels, cfg.size)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])

@@ -164,9 +164,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
     ckpt_path = cfg.work_dir / "last.pt"
     start_epoch, history = 0, []
     if cfg.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("labels") != labels or ckpt.get("size") != cfg.size:
-            raise InputError(f"{ckpt_path}: checkpoint was made for other labels or size; drop --resume")
+        ckpt = load_checkpoint(ckpt_path, labels, cfg.size)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
