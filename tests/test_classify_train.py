@@ -66,3 +66,14 @@ def test_refiner_refuses_target_without_images(tiny_classifier, tmp_path):
     with pytest.raises(InputError, match="no images"):
         train_refiner(cfg)
     assert not (tmp_path / "ref").exists()
+
+
+def test_classifier_resume_continues_and_refuses_another_size(tiny_classifier, capsys):
+    root, path = tiny_classifier
+    base = dict(out=path, data=root, batch_size=4, max_steps=1, threads=2, progress=False, stain="reinhard")
+    with pytest.raises(InputError, match="other labels or size"):
+        train_classifier(ClassifierConfig(epochs=2, size=48, resume=True, **base))
+    train_classifier(ClassifierConfig(epochs=2, size=32, resume=True, **base))
+    assert "resumed after epoch 1" in capsys.readouterr().out
+    history = load_bundle(path, kind="classifier").manifest["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
