@@ -48,3 +48,14 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj, indent: int | None = None) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (UTF-8)."""
+    import json
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        text = json.dumps(obj, indent=indent)
+        tmp.write_text(text + "\n" if indent else text, encoding="utf-8")
+    return path

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..atomic import write_json
 from ..errors import InputError
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
@@ -111,10 +111,7 @@ def to_coco(dataset: Dataset) -> dict:
 
 def write_coco(dataset: Dataset, path: str | Path) -> Path:
     """Write a COCO instances JSON file atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(to_coco(dataset)), encoding="utf-8")
-    return path
+    return write_json(path, to_coco(dataset))
 
 
 # --------------------------------------------------------------------------------------------

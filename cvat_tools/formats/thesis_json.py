@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..atomic import write_json
 from ..errors import InputError
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, Mask, Points, Polygon
@@ -107,7 +107,4 @@ def to_thesis_json(dataset: Dataset) -> dict:
 
 
 def write_thesis_json(dataset: Dataset, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(to_thesis_json(dataset)), encoding="utf-8")
-    return path
+    return write_json(path, to_thesis_json(dataset))
