@@ -105,3 +105,20 @@ def test_pbc_fine_labels_skip_unknown_subtypes(pbc_dir):
     assert len(labels) == 11 and None not in labels
     assert not any(s.path.name.startswith(("IG_", "NEUTROPHIL_")) for s in samples)
     assert D.dataset_kind(pbc_dir) == "pbc"
+
+
+def test_low_resolution_augmentation_keeps_size_and_drops_detail():
+    import cv2
+
+    from cvat_tools.train.augment import augment, low_resolution
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)  # all fine detail
+    coarse = low_resolution(crop, np.random.default_rng(1))
+    assert coarse.shape == crop.shape and coarse.dtype == np.uint8
+    sharpness = lambda im: cv2.Laplacian(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
+    assert sharpness(coarse) < 0.5 * sharpness(crop)
+    # off by default: the same seed gives the same view with low_res=0 and without the argument
+    a = augment(crop.copy(), np.random.default_rng(2))
+    b = augment(crop.copy(), np.random.default_rng(2), low_res=0.0)
+    assert np.array_equal(a, b)

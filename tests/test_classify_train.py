@@ -50,11 +50,12 @@ def test_refiner_one_step_from_classifier(tiny_classifier, tmp_path):
     root, clf_path = tiny_classifier
     target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
     cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
-                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False)
+                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False, low_res=1.0)
     path = train_refiner(cfg)
     ref = Refiner.from_bundle(path, classifier_labels=CellClassifier.from_bundle(clf_path).labels)
     assert ref.labels == list(L.SHARED_CLASSES) and ref.input_size == 32
     assert ref.manifest["training"]["history"][0]["lambda"] == 0.0
+    assert ref.manifest["training"]["low_res"] == 1.0
     assert len(ref.predict([np.full((40, 40, 3), 128, np.uint8)])) == 1
 
 
@@ -77,3 +78,16 @@ def test_classifier_resume_continues_and_refuses_another_size(tiny_classifier, c
     assert "resumed after epoch 1" in capsys.readouterr().out
     history = load_bundle(path, kind="classifier").manifest["training"]["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_classifier_init_fine_tunes_at_another_size_and_refuses_other_labels(tiny_classifier, tmp_path):
+    root, path = tiny_classifier
+    base = dict(data=root, batch_size=4, max_steps=1, threads=2, progress=False, epochs=1)
+    out = train_classifier(ClassifierConfig(out=tmp_path / "big", size=48, init=path, **base))
+    bundle = load_bundle(out, kind="classifier")
+    assert bundle.manifest["input_size"] == 48 and bundle.manifest["training"]["init"] == str(path)
+    fewer = make_crops(tmp_path / "fewer", per_class=6, classes=L.SHARED_CLASSES)
+    with pytest.raises(Exception, match="label set"):
+        train_classifier(ClassifierConfig(out=tmp_path / "other", size=32, init=path,
+                                          **{**base, "data": fewer}))
+    assert not (tmp_path / "other").exists()

@@ -136,6 +136,24 @@ def test_shipped_bundle_on_bccd_test(bccd_dir):
     assert np.mean(scores) >= 0.85, scores
 
 
+def test_shipped_bundle_on_another_lab_jtsc(jtsc_dir):
+    """JTSC (rapid stain, yellow slide, 120x120 single cells) was never trained on or used for
+    selection; the issue's target is mean Dice >= 0.85 (all 300: 0.943, MODEL_CARD.md)."""
+    from cvat_tools.segment.single_cell import segment_single_cell
+
+    if shipped_bundle("segmenter") is None:
+        pytest.skip("no shipped segmenter bundle")
+    seg = load_segmenter(None)
+    scores = []
+    for s in read_index(jtsc_dir)[::30]:  # 10 cells; this subset measured 0.942
+        image = load_image(s.image)
+        h, w = image.shape[:2]
+        dets = segment_single_cell(seg, image)
+        for g in s.load_masks():
+            scores.append(max((dice(d.full_mask(h, w), g) for d in dets), default=0.0))
+    assert len(scores) == 10 and np.mean(scores) >= 0.85, scores
+
+
 def test_any_size_input(tiny_model):
     """A 4032x3024-shaped input runs at working size and comes back in its own pixels."""
     seg = MaskRCNNSegmenter(tiny_model, long_side=128)

@@ -21,12 +21,14 @@ import click
 @click.option("--cache", type=click.Path(path_type=Path), help="Crop cache .npz (made once, then reused).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
-def classifier(data, pbc, out, epochs, size, backbone, batch_size, lr, stain, seed, cache, threads, resume):
+@click.option("--init", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start from this classifier bundle (same labels; a larger --size fine-tunes it).")
+def classifier(data, pbc, out, epochs, size, backbone, batch_size, lr, stain, seed, cache, threads, resume, init):
     """Train the cell classifier and write a bundle of kind "classifier"."""
     from ..train.classification import ClassifierConfig, train_classifier
 
     cfg = ClassifierConfig(out=out, data=data, pbc=pbc, epochs=epochs, size=size, backbone=backbone,
                            batch_size=batch_size, lr=lr, stain=stain, seed=seed, cache=cache,
-                           threads=threads, resume=resume)
+                           threads=threads, resume=resume, init=init)
     path = train_classifier(cfg)
     click.echo(f"wrote {path}")

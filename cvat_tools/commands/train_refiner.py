@@ -22,12 +22,14 @@ import click
 @click.option("--lr", default=3e-4, show_default=True, type=float)
 @click.option("--domain-weight", default=0.3, show_default=True, type=float, help="Scales the reversed gradient.")
 @click.option("--domain-lr-mult", default=10.0, show_default=True, type=float, help="Discriminator lr / feature lr.")
+@click.option("--low-res", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability of shrinking a source crop to 35-80% and back (coarser cameras).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Source crop cache .npz (shared with the classifier).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
 def refiner(source, targets, target_labels, classifier, out, stain, epochs, size, batch_size, lr,
-            domain_weight, domain_lr_mult, seed, cache, threads, resume):
+            domain_weight, domain_lr_mult, low_res, seed, cache, threads, resume):
     """Train the DANN refiner (labels: the shared classes) and write a bundle of kind "refiner"."""
     from ..bundle import shipped_bundle
     from ..train.refiner import RefinerConfig, train_refiner
@@ -35,6 +37,6 @@ def refiner(source, targets, target_labels, classifier, out, stain, epochs, size
     classifier = classifier or shipped_bundle("classifier")
     cfg = RefinerConfig(source=source, targets=list(targets), out=out, classifier=classifier,
                         target_labels=target_labels, epochs=epochs, size=size, batch_size=batch_size, lr=lr,
-                        domain_weight=domain_weight, domain_lr_mult=domain_lr_mult, stain=stain, seed=seed, cache=cache, threads=threads,
+                        domain_weight=domain_weight, domain_lr_mult=domain_lr_mult, stain=stain, low_res=low_res, seed=seed, cache=cache, threads=threads,
                         resume=resume)
     click.echo(f"wrote {train_refiner(cfg)}")

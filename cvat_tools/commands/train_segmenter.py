@@ -30,6 +30,9 @@ def _load_recipe(path: str | None) -> dict:
 @click.option("--val", "val", default=None, type=click.Path(exists=True, file_okay=False),
               help="folder for model selection (a BCCD folder uses --val-split)")
 @click.option("--val-split", default=None, help="split of --val to select on (val); never test")
+@click.option("--pseudo-labels", type=click.Path(exists=True, file_okay=False), default=None,
+              help="PBC folder: add WBCs of its train split with classical masks (as mosaics)")
+@click.option("--mosaics", type=int, default=None, help="pseudo-label mosaics (4 cells each) per epoch")
 @click.option("--epochs", type=int, default=None)
 @click.option("--backbone", default=None, help="efficientnet_lite0 (default), _lite1, _lite2")
 @click.option("--architecture", type=click.Choice(["maskrcnn", "resnet50_fpn"]), default=None)

@@ -67,8 +67,21 @@ def _smear_background(shape, rng: np.random.Generator) -> np.ndarray:
     return np.clip(field, 0, 255).astype(np.uint8)
 
 
-def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random training view of a masked crop."""
+def low_resolution(img: np.ndarray, rng: np.random.Generator, smallest: float = 0.35) -> np.ndarray:
+    """The same crop as a coarser camera sees it: shrunk to 35-80% and enlarged back.
+
+    PBC cells are ~130 px across; JTSC's ~80 px and BCCD's JPEG fields are blurrier. Without
+    this, a PBC-trained model reads "few pixels across" as "platelet" (the only PBC class that
+    is always enlarged to fill the crop)."""
+    s = img.shape[0]
+    small = max(8, round(s * rng.uniform(smallest, 0.8)))
+    img = cv2.resize(np.ascontiguousarray(img), (small, small), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator, low_res: float = 0.0) -> np.ndarray:
+    """One random training view of a masked crop; ``low_res``: probability of
+    :func:`low_resolution`."""
     cell = cell_pixels(img)
     img = _colour_jitter(img, rng)
     img[~cell] = BACKGROUND
@@ -77,6 +90,8 @@ def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         bg = ~cell_pixels(img)
         img = img.copy()
         img[bg] = _smear_background(img.shape, rng)[bg]
+    if low_res and rng.random() < low_res:
+        img = low_resolution(img, rng)
     if rng.random() < 0.2:  # Gaussian blur: focus differences
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
     if rng.random() < 0.1:  # salt-and-pepper noise
@@ -88,5 +103,5 @@ def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def augment_batch(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.stack([augment(b.copy(), rng) for b in batch])
+def augment_batch(batch: np.ndarray, rng: np.random.Generator, low_res: float = 0.0) -> np.ndarray:
+    return np.stack([augment(b.copy(), rng, low_res) for b in batch])

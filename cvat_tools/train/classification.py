@@ -49,6 +49,7 @@ class ClassifierConfig:
     stain: str = "none"
     cache: Path | None = None  # .npz crop cache (reused when size and files match)
     resume: bool = False
+    init: Path | None = None  # a classifier bundle to start from (same labels; any input size)
     threads: int = 1
     max_steps: int | None = None  # per epoch; for smoke tests
     pretrained: bool = True
@@ -159,6 +160,18 @@ def load_checkpoint(path: Path, labels: list[str], size: int) -> dict:
     return ckpt
 
 
+def init_from_bundle(model: nn.Module, path: Path, labels: list[str], backbone: str) -> None:
+    """Start from a trained classifier (e.g. the 112-px one before a larger-size fine-tune:
+    progressive resizing); refused when its labels or backbone differ."""
+    from ..bundle import load_bundle
+
+    bundle = load_bundle(path, kind="classifier", labels=labels)
+    if bundle.architecture.get("backbone") != backbone:
+        raise InputError(f"{path}: --init bundle has backbone {bundle.architecture.get('backbone')}, "
+                         f"this run {backbone}; pass --backbone to match")
+    model.load_state_dict(bundle.state_dict)
+
+
 # --- the loop -------------------------------------------------------------------------------
 
 def train_classifier(cfg: ClassifierConfig) -> Path:
@@ -171,7 +184,9 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     train_x = data.crops["train"].images
     train_y = np.array([index[lab] for lab in data.crops["train"].labels])
 
-    model = build_classifier(cfg.backbone, len(labels), pretrained=cfg.pretrained)
+    model = build_classifier(cfg.backbone, len(labels), pretrained=cfg.pretrained and cfg.init is None)
+    if cfg.init is not None:
+        init_from_bundle(model, cfg.init, labels, cfg.backbone)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * world))

@@ -50,6 +50,7 @@ class RefinerConfig:
     domain_weight: float = 0.3  # scales lambda (the reversed gradient)
     domain_lr_mult: float = 10.0
     stain: str = "reinhard"
+    low_res: float = 0.0  # probability of the low-resolution augmentation on source crops
     seed: int = 0
     cache: Path | None = None
     resume: bool = False
@@ -183,7 +184,8 @@ def train_refiner(cfg: RefinerConfig) -> Path:
             lam = grl_lambda((epoch * steps_per_epoch + step) / max(total, 1))
             s_idx = src[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             t_idx = tgt[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            batch = np.concatenate([augment_batch(data.source_x[s_idx], rng), augment_batch(data.target_x[t_idx], rng)])
+            batch = np.concatenate([augment_batch(data.source_x[s_idx], rng, cfg.low_res),
+                                    augment_batch(data.target_x[t_idx], rng)])
             logits, dom_logits = model(to_tensor(batch), lam * cfg.domain_weight)
             cls_loss = F.cross_entropy(logits[:cfg.batch_size], torch.from_numpy(data.source_y[s_idx]),
                                        label_smoothing=0.1)

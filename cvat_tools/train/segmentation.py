@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..bundle import save_bundle
 from ..segment.maskrcnn import DEFAULT_ARCHITECTURE, LABELS, MaskRCNNSegmenter, build_model
 from .metrics import SegmentationScores
-from .segmentation_data import InstanceDataset, SegSample, collate, read_samples
+from .segmentation_data import InstanceDataset, SegSample, collate, pbc_pseudo_samples, read_samples
 
 
 @dataclass
@@ -45,6 +45,8 @@ class SegTrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100
+    pseudo_labels: str | None = None    # PBC folder: add its train-split WBCs with classical masks
+    mosaics: int = 0                    # 2x2 pseudo-label mosaics added to each epoch
     max_train_images: int | None = None
     max_val_images: int | None = None
     seed: int = 0
@@ -128,7 +130,13 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
         val_samples = read_samples(cfg.val, cfg.val_split)
     if cfg.max_val_images:
         val_samples = val_samples[: cfg.max_val_images]
-    train_set = InstanceDataset(train_samples, cfg.long_side, train=True, seed=cfg.seed + rank, balance=cfg.balance)
+    pool: list[SegSample] = []
+    if cfg.pseudo_labels and cfg.mosaics > 0:
+        pool = pbc_pseudo_samples(cfg.pseudo_labels, seed=cfg.seed)
+        if rank == 0:
+            print(f"pseudo-labels: {len(pool)} PBC train-split WBC images, {cfg.mosaics} mosaics per epoch")
+    train_set = InstanceDataset(train_samples, cfg.long_side, train=True, seed=cfg.seed + rank, balance=cfg.balance,
+                                mosaic_pool=pool, mosaics=cfg.mosaics)
 
     sampler = None
     if world > 1:

@@ -21,6 +21,11 @@ from ..formats.masks import coco_rle_decode, polygon_to_mask
 from ..imaging import load_image
 from ..segment.normalize import balance_background
 
+# Working scale of a field: the long side a 640x480 BCCD field has before the model's rescale.
+# PBC single-cell images (360x363) show cells at the same size as BCCD fields (median WBC
+# ~130 px across in both), so a pseudo-labelled PBC image is rescaled like a BCCD field.
+FIELD_LONG_SIDE = 640
+
 # One BCCD/JTSC mask component smaller than this (px at the file's size) is noise, not a cell.
 MIN_CELL_AREA = 200
 
@@ -123,6 +128,48 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
     return samples
 
 
+# ---------------------------------------------------------------------------------------------
+# PBC pseudo-labels: single-cell images with the classical segmenter's centre-cell mask
+
+# WBC classes only: erythroblasts and platelets are not what the segmenter is asked to find.
+PSEUDO_LABEL_CLASSES = ("band cell", "basophil", "eosinophil", "lymphocyte", "metamyelocyte",
+                        "monocyte", "myelocyte", "neutrophil", "promyelocyte")
+# A classical mask that took a touching red cell along is concave; a WBC outline is not.
+MIN_SOLIDITY = 0.9
+
+
+def pseudo_label_mask(image: np.ndarray) -> np.ndarray | None:
+    """The classical centre-cell mask when it is trustworthy as a training label: found, off
+    the image border, convex enough (no red cell glued on); else None."""
+    from ..segment.classical import centre_cell_mask
+
+    mask = centre_cell_mask(image)
+    if mask is None or mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+        return None
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contour = max(contours, key=cv2.contourArea)
+    hull = cv2.contourArea(cv2.convexHull(contour))
+    if hull <= 0 or cv2.contourArea(contour) / hull < MIN_SOLIDITY:
+        return None
+    return mask
+
+
+def pbc_pseudo_samples(root: str | Path, seed: int = 0) -> list[SegSample]:
+    """PBC images of WBC classes from the classifier's *train* split (same dedupe, seed and
+    fractions), with pseudo-label masks; images whose mask is not trustworthy load no mask
+    and are skipped by the mosaic builder."""
+    from .classification_data import dedupe, pbc_samples, stratified_split
+
+    kept, _ = dedupe(pbc_samples(root))
+    train = [s for s in stratified_split(kept, seed=seed)["train"] if s.label in PSEUDO_LABEL_CLASSES]
+
+    def masks(path: Path) -> list[np.ndarray]:
+        mask = pseudo_label_mask(load_image(path))
+        return [] if mask is None else [mask]
+
+    return [SegSample(s.path, (lambda p=s.path: masks(p)), s.path.name) for s in train]
+
+
 def read_samples(folder: str | Path, split: str | None = None) -> list[SegSample]:
     fmt = detect_format(folder)
     if fmt == "coco":
@@ -191,15 +238,45 @@ def resize_sample(image: np.ndarray, masks: np.ndarray, scale: float) -> tuple[n
     return image, masks
 
 
+def mosaic(pool: list[SegSample], rng: random.Random, tries: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """A 2x2 field of four single-cell images with a trusted mask (image, N x H x W uint8).
+
+    Single-cell images alone would teach "one big cell in the middle"; four side by side look
+    like a field with several cells, at the cells' true size."""
+    tiles: list[tuple[np.ndarray, np.ndarray]] = []
+    for _ in range(4 * tries):
+        sample = pool[rng.randrange(len(pool))]
+        masks = sample.load_masks()
+        if masks:
+            tiles.append((load_image(sample.image), masks[0]))
+            if len(tiles) == 4:
+                break
+    if len(tiles) < 4:
+        raise InputError("pseudo-label pool: too few images with a trusted mask to build a mosaic")
+    th = max(t[0].shape[0] for t in tiles)
+    tw = max(t[0].shape[1] for t in tiles)
+    canvas = np.empty((2 * th, 2 * tw, 3), dtype=np.uint8)
+    canvas[:] = np.median(tiles[0][0].reshape(-1, 3), axis=0).astype(np.uint8)
+    masks = np.zeros((4, 2 * th, 2 * tw), dtype=np.uint8)
+    for k, (image, mask) in enumerate(tiles):
+        y0, x0 = (k // 2) * th, (k % 2) * tw
+        h, w = image.shape[:2]
+        canvas[y0:y0 + h, x0:x0 + w] = image
+        masks[k, y0:y0 + h, x0:x0 + w] = mask
+    return canvas, masks
+
+
 class InstanceDataset:
     """torch-style dataset of (image tensor 3xHxW in [0,1], target dict) for MaskRCNN.
 
     Each image is rescaled so its long side is ``long_side`` (times a random factor in
-    ``scale_range`` when training), then augmented and cropped to ``long_side`` square."""
+    ``scale_range`` when training), then augmented and cropped to ``long_side`` square.
+    With a ``mosaic_pool`` (pseudo-labelled single-cell images), ``mosaics`` extra items per
+    epoch are 2x2 mosaics of them, rescaled like a 640-px field so cells keep their size."""
 
     def __init__(self, samples: list[SegSample], long_side: int, train: bool,
                  scale_range: tuple[float, float] = (0.75, 1.33), seed: int = 0, min_area: int = 30,
-                 balance: bool = False):
+                 balance: bool = False, mosaic_pool: list[SegSample] | None = None, mosaics: int = 0):
         self.samples = samples
         self.balance = balance
         self.long_side = long_side
@@ -207,18 +284,24 @@ class InstanceDataset:
         self.scale_range = scale_range
         self.rng = random.Random(seed)
         self.min_area = min_area
+        self.mosaic_pool = mosaic_pool or []
+        self.mosaics = mosaics if self.mosaic_pool else 0
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) + self.mosaics
 
     def __getitem__(self, index: int):
         import torch
 
-        sample = self.samples[index]
-        image = load_image(sample.image)
-        full = sample.load_masks()
-        masks = np.stack(full).astype(np.uint8) if full else np.zeros((0, *image.shape[:2]), np.uint8)
-        scale = self.long_side / max(image.shape[:2])
+        if index >= len(self.samples):
+            image, masks = mosaic(self.mosaic_pool, self.rng)
+            scale = self.long_side / FIELD_LONG_SIDE
+        else:
+            sample = self.samples[index]
+            image = load_image(sample.image)
+            full = sample.load_masks()
+            masks = np.stack(full).astype(np.uint8) if full else np.zeros((0, *image.shape[:2]), np.uint8)
+            scale = self.long_side / max(image.shape[:2])
         if self.train:
             scale *= self.rng.uniform(*self.scale_range)
         image, masks = resize_sample(image, masks, scale)
