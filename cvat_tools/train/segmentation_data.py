@@ -16,6 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .. import labels as L
 from ..errors import InputError
 from ..formats.masks import coco_rle_decode, polygon_to_mask
 from ..imaging import load_image
@@ -132,8 +133,7 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
 # PBC pseudo-labels: single-cell images with the classical segmenter's centre-cell mask
 
 # WBC classes only: erythroblasts and platelets are not what the segmenter is asked to find.
-PSEUDO_LABEL_CLASSES = ("band cell", "basophil", "eosinophil", "lymphocyte", "metamyelocyte",
-                        "monocyte", "myelocyte", "neutrophil", "promyelocyte")
+PSEUDO_LABEL_CLASSES = tuple(c for c in L.PBC_FINE_CLASSES if c not in L.EXTRA_CLASSES)
 # A classical mask that took a touching red cell along is concave; a WBC outline is not.
 MIN_SOLIDITY = 0.9
 
