@@ -48,6 +48,28 @@ CLASSIFIER_FINAL: tuple[str, ...] = ("band cell", "blast cell")
 # The classes every public cross-domain set here has (BCCD, JTSC): used for cross-lab scores.
 CROSS_DOMAIN_CLASSES: tuple[str, ...] = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
+# How common each class is among the white cells of an adult's peripheral blood: mid-range
+# values of the usual reference differential (neutrophils 40-75 %, lymphocytes 20-45 %,
+# monocytes 2-10 %, eosinophils 1-6 %, basophils < 1 %, bands 0-5 %, immature granulocytes
+# < 1 %), not fitted to any data set here. The models are trained class-balanced, i.e. under
+# a uniform prior; this is the prior a smear field really has (see prior_weights). Blasts,
+# erythroblasts and platelets are not expected in a normal field: small, never zero.
+PERIPHERAL_BLOOD_PRIOR: dict[str, float] = {
+    "neutrophil": 0.56,
+    "band cell": 0.03,
+    "lymphocyte": 0.30,
+    "monocyte": 0.06,
+    "eosinophil": 0.03,
+    "basophil": 0.007,
+    "metamyelocyte": 0.003,
+    "myelocyte": 0.002,
+    "promyelocyte": 0.001,
+    "blast cell": 0.001,
+    "erythroblast": 0.002,
+    "platelet": 0.002,
+}
+PRIORS: tuple[str, ...] = ("none", "peripheral-blood")
+
 # PBC fine subclasses: file-name prefix -> canonical label (None = no usable subtype).
 PBC_PREFIXES: dict[str, str | None] = {
     "BA": "basophil",
@@ -180,3 +202,21 @@ def split_categories(category: str) -> list[str]:
 
 def label_index(labels: tuple[str, ...] | list[str]) -> dict[str, int]:
     return {name: i for i, name in enumerate(labels)}
+
+
+def prior_weights(name: str, labels: tuple[str, ...] | list[str]) -> dict[str, float] | None:
+    """Per-label decision weights for a class-balanced model under prior ``name``.
+
+    A model trained with balanced sampling estimates p(class | crop) under a uniform prior;
+    by Bayes, under the prior pi the posterior is proportional to p(class | crop) * pi(class).
+    Returns pi over ``labels`` (renormalized) or None for "none".
+    """
+    if name == "none":
+        return None
+    if name != "peripheral-blood":
+        raise ValueError(f"unknown prior {name!r}; choose one of {PRIORS}")
+    unknown = [lab for lab in labels if lab not in PERIPHERAL_BLOOD_PRIOR]
+    if unknown:
+        raise ValueError(f"the peripheral-blood prior has no value for {unknown}")
+    total = sum(PERIPHERAL_BLOOD_PRIOR[lab] for lab in labels)
+    return {lab: PERIPHERAL_BLOOD_PRIOR[lab] / total for lab in labels}

@@ -101,3 +101,30 @@ def test_refiner_bundle_with_foreign_labels_refused(tmp_path):
     with pytest.raises(BundleError, match="classifier bundle"):
         from cvat_tools.classify.classifier import CellClassifier
         CellClassifier.from_bundle(tmp_path / "ref")
+
+
+def test_decision_prior_is_bayes_over_a_class_balanced_model():
+    import numpy as np
+
+    from cvat_tools.classify.stain import StainNormalizer
+    from cvat_tools.errors import InputError
+
+    class Even(torch.nn.Module):  # a model that cannot tell the classes apart
+        def forward(self, x):
+            return torch.zeros(x.shape[0], len(L.SHARED_CLASSES))
+
+    labels = list(L.SHARED_CLASSES)
+    manifest = {"decision_prior": {"name": "peripheral-blood"}}
+    ref = Refiner(Even(), labels, 32, StainNormalizer("none"), manifest=manifest)
+    crop = np.full((40, 40, 3), 128, np.uint8)
+    # an undecided cell is named by the prior alone: the most common white cell
+    p = ref.predict([crop])[0]
+    expected = L.prior_weights("peripheral-blood", labels)
+    assert p.label == "neutrophil"
+    assert all(abs(p.probs[lab] - expected[lab]) < 1e-5 for lab in labels)
+    ref.set_prior("none")  # back to the training prior: every class equally likely
+    assert all(abs(v - 1 / len(labels)) < 1e-6 for v in ref.predict([crop])[0].probs.values())
+    with pytest.raises(InputError, match="unknown prior"):
+        ref.set_prior("leukaemia")
+    # a model without a prior in its manifest decides as trained
+    assert Refiner(Even(), labels, 32, StainNormalizer("none")).prior_name == "none"

@@ -122,3 +122,39 @@ def test_low_resolution_augmentation_keeps_size_and_drops_detail():
     a = augment(crop.copy(), np.random.default_rng(2))
     b = augment(crop.copy(), np.random.default_rng(2), low_res=0.0)
     assert np.array_equal(a, b)
+
+
+def test_stain_randomization_moves_colour_far_and_keeps_the_shape():
+    import cv2
+
+    from cvat_tools.train.augment import _colour_jitter, augment, stain_randomization
+
+    # a PBC-like violet cell: a dark nucleus disk in a pale violet cytoplasm disk
+    crop = np.full((64, 64, 3), 128, np.uint8)
+    cv2.circle(crop, (32, 32), 28, (190, 150, 200), -1)
+    cv2.circle(crop, (32, 32), 14, (90, 40, 130), -1)
+
+    def mean_hue_shift(fn, seed):
+        shifts = []
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            out = fn(crop.copy(), rng)
+            assert out.shape == crop.shape and out.dtype == np.uint8
+            h0 = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)[32, 32, 0].astype(int)
+            h1 = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)[32, 32, 0].astype(int)
+            shifts.append(min(abs(h1 - h0), 180 - abs(h1 - h0)))
+        return np.mean(shifts)
+
+    # far larger hue moves than the everyday jitter (OpenCV hue: 0..180)
+    assert mean_hue_shift(stain_randomization, 0) > 2 * mean_hue_shift(_colour_jitter, 0)
+    # the nucleus stays darker than the cytoplasm: shape is what the model should keep reading
+    out = stain_randomization(crop.copy(), np.random.default_rng(3))
+    grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).astype(int)
+    assert grey[32, 32] < grey[32, 52]
+    # off by default: same seed, same view
+    a = augment(crop.copy(), np.random.default_rng(5))
+    b = augment(crop.copy(), np.random.default_rng(5), stain_random=0.0)
+    assert np.array_equal(a, b)
+    # on: the same seed now gives another view
+    c = augment(crop.copy(), np.random.default_rng(5), stain_random=1.0)
+    assert c.shape == crop.shape and not np.array_equal(a, c)

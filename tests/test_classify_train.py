@@ -50,13 +50,26 @@ def test_refiner_one_step_from_classifier(tiny_classifier, tmp_path):
     root, clf_path = tiny_classifier
     target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
     cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
-                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False, low_res=1.0)
+                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False, low_res=1.0,
+                        stain_random=1.0)
     path = train_refiner(cfg)
     ref = Refiner.from_bundle(path, classifier_labels=CellClassifier.from_bundle(clf_path).labels)
     assert ref.labels == list(L.SHARED_CLASSES) and ref.input_size == 32
     assert ref.manifest["training"]["history"][0]["lambda"] == 0.0
     assert ref.manifest["training"]["low_res"] == 1.0
+    assert ref.manifest["training"]["stain_random"] == 1.0
+    assert ref.manifest["decision_prior"]["name"] == "peripheral-blood" and ref.prior_name == "peripheral-blood"
     assert len(ref.predict([np.full((40, 40, 3), 128, np.uint8)])) == 1
+
+
+def test_refiner_refuses_an_unknown_prior_before_training(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
+    cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
+                        epochs=1, max_steps=1, progress=False, prior="leukaemia")
+    with pytest.raises(InputError, match="unknown prior"):
+        train_refiner(cfg)
+    assert not (tmp_path / "ref").exists() and not (tmp_path / "ref.work").exists()
 
 
 def test_refiner_refuses_target_without_images(tiny_classifier, tmp_path):
@@ -91,3 +104,39 @@ def test_classifier_init_fine_tunes_at_another_size_and_refuses_other_labels(tin
         train_classifier(ClassifierConfig(out=tmp_path / "other", size=32, init=path,
                                           **{**base, "data": fewer}))
     assert not (tmp_path / "other").exists()
+
+
+def test_source_draws_give_the_few_labelled_target_crops_their_share():
+    from cvat_tools.train.classification import balanced_indices
+    from cvat_tools.train.refiner import source_draws
+
+    labels = np.array([0] * 500 + [1] * 100 + [0] * 5)  # class 0: 500 PBC crops + 5 corrections
+    few = np.arange(len(labels)) >= 600
+    draws = source_draws(labels, few, 20000, 0.3, np.random.default_rng(0))
+    per_class = np.bincount(labels[draws]) / len(draws)
+    assert abs(per_class[0] - 0.5) < 0.02  # classes still balanced
+    share = few[draws][labels[draws] == 0].mean()
+    assert abs(share - 0.3) < 0.02  # vs 5/505 = 1% without the share
+    # without labelled target crops: exactly the class-balanced sampler
+    none = np.zeros(len(labels), bool)
+    a = source_draws(labels, none, 100, 0.3, np.random.default_rng(1))
+    b = balanced_indices(labels, 100, np.random.default_rng(1))
+    assert np.array_equal(a, b)
+
+
+def test_refiner_one_step_with_a_few_labelled_target_crops(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
+    few = make_crops(tmp_path / "few", per_class=2, classes=("lymphocyte", "Monocytes", "platelet"))
+    cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
+                        target_labels=few, epochs=1, batch_size=4, max_steps=1, threads=2, progress=False)
+    ref = Refiner.from_bundle(train_refiner(cfg))
+    data = ref.manifest["training"]["data"]
+    assert data["labelled_target_crops"] == 4  # platelets are not a refiner class: left out
+    assert ref.manifest["training"]["target_label_share"] == 0.3
+    # a folder that names no cell class is refused before training, nothing written
+    make_crops(tmp_path / "few", per_class=2, classes=("schistocyte",))
+    cfg.out = tmp_path / "ref2"
+    with pytest.raises(InputError, match="schistocyte"):
+        train_refiner(cfg)
+    assert not (tmp_path / "ref2").exists()

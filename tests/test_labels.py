@@ -44,3 +44,21 @@ def test_real_pbc_file_names_are_all_known(pbc_dir):
 def test_bccd_categories_split():
     assert labels.split_categories("NEUTROPHIL, EOSINOPHIL") == ["neutrophil", "eosinophil"]
     assert labels.split_categories("") == []
+
+
+def test_peripheral_blood_prior_is_a_distribution_over_any_label_subset():
+    import pytest
+
+    from cvat_tools import labels as L
+
+    assert set(L.PERIPHERAL_BLOOD_PRIOR) == set(L.ALL_CLASSES)
+    for subset in (L.SHARED_CLASSES, L.PBC_FINE_CLASSES, L.ALL_CLASSES):
+        w = L.prior_weights("peripheral-blood", subset)
+        assert list(w) == list(subset) and abs(sum(w.values()) - 1) < 1e-9
+        # the reference differential's order: neutrophils > lymphocytes > monocytes > rare cells
+        assert w["neutrophil"] > w["lymphocyte"] > w["monocyte"] > w["basophil"] > w["promyelocyte"] > 0
+    assert L.prior_weights("none", L.SHARED_CLASSES) is None
+    with pytest.raises(ValueError, match="unknown prior"):
+        L.prior_weights("leukaemia", L.SHARED_CLASSES)
+    with pytest.raises(ValueError, match="no value"):
+        L.prior_weights("peripheral-blood", ("neutrophil", "schistocyte"))

@@ -170,3 +170,22 @@ def test_missing_classifier_is_one_line(tmp_path, bccd_dir):
     code, _, stderr = run("predict", bccd_dir / "images" / GOOD[0], "--out", tmp_path / "o",
                           "--weights", empty)
     assert code == 2 and stderr.count("\n") == 1 and "no classifier bundle" in stderr
+
+
+def test_prior_option_changes_the_refiners_decision_scores(tmp_path, bccd_dir):
+    from cvat_tools.bundle import shipped_bundle
+
+    if shipped_bundle("refiner") is None or shipped_bundle("classifier") is None:
+        pytest.skip("needs the shipped classifier and refiner")
+    image = bccd_dir / "images" / GOOD[0]
+    scores = {}
+    for prior in ("bundle", "none"):
+        code, _, stderr = run("predict", image, "--out", tmp_path / prior, "--prior", prior)
+        assert code == 0, stderr
+        ds = read_cvat_xml(tmp_path / prior / "annotations.xml")
+        scores[prior] = [(i.attributes["refiner"], i.attributes["refiner_score"]) for i in ds.images[0].instances]
+    assert scores["bundle"] and len(scores["bundle"]) == len(scores["none"])
+    # same cells, another prior: the refiner's posterior (and maybe its answer) moves
+    assert scores["bundle"] != scores["none"]
+    code, _, stderr = run("predict", image, "--out", tmp_path / "bad", "--prior", "leukaemia")
+    assert code != 0 and "leukaemia" in stderr and not (tmp_path / "bad").exists()

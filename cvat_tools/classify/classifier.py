@@ -72,6 +72,21 @@ class _BundleModel:
         self.stain = stain
         self.device = device
         self.manifest = manifest or {}
+        entry = self.manifest.get("decision_prior") or {}
+        self.set_prior(entry.get("name", "none"))
+
+    def set_prior(self, name: str) -> None:
+        """Decide under prior ``name`` (labels.PRIORS): "none" keeps the training (uniform) one."""
+        from ..labels import PRIORS, prior_weights
+
+        if name not in PRIORS:
+            raise InputError(f"unknown prior {name!r}; choose one of {list(PRIORS)}")
+        try:
+            weights = prior_weights(name, self.labels)
+        except ValueError as exc:
+            raise InputError(f"{exc} (this model's labels: {self.labels})") from None
+        self.prior_name = name
+        self._prior = None if weights is None else torch.tensor([weights[lab] for lab in self.labels])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -82,7 +97,11 @@ class _BundleModel:
         for start in range(0, len(crops), batch_size):
             batch = prepare(crops[start:start + batch_size], self.input_size, self.stain)
             x = to_tensor(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-            probs = torch.softmax(self.logits(x), dim=1).cpu().numpy()
+            probs = torch.softmax(self.logits(x), dim=1).cpu()
+            if self._prior is not None:  # Bayes: posterior under the field's prior, renormalized
+                probs = probs * self._prior
+                probs = probs / probs.sum(dim=1, keepdim=True)
+            probs = probs.numpy()
             for row in probs:
                 best = int(row.argmax())
                 out.append(Prediction(self.labels[best], float(row[best]),

@@ -50,8 +50,10 @@ def classifier(data, bundle, split, scoring, plot, as_json):
 @click.option("--rule", is_flag=True, help="Score the final decision of the thesis rule (classifier + refiner).")
 @click.option("--fold", "scoring", type=SCORING, default="cross-domain", show_default=True)
 @click.option("--plot", type=click.Path(path_type=Path), help="Confusion-matrix PNG to write.")
+@click.option("--prior", type=click.Choice(["bundle", "peripheral-blood", "none"]), default="bundle", show_default=True,
+              help="Decision prior of the refiner: the bundle's own, the peripheral-blood differential, or none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def refiner(data, bundle, classifier_bundle, split, rule, scoring, plot, as_json):
+def refiner(data, bundle, classifier_bundle, split, rule, scoring, plot, prior, as_json):
     """Score the refiner (or the rule's final answer) over the cross-domain classes."""
     from ..classify.classifier import CellClassifier
     from ..classify.dann import Refiner
@@ -60,6 +62,8 @@ def refiner(data, bundle, classifier_bundle, split, rule, scoring, plot, as_json
 
     clf = CellClassifier.from_bundle(classifier_bundle)
     ref = Refiner.from_bundle(bundle, classifier_labels=clf.labels)
+    if prior != "bundle":
+        ref.set_prior(prior)
     evalset = load_eval_set(data, split, clf.manifest)
     r_preds = ref.predict(evalset.crops)
     if rule:
@@ -68,5 +72,5 @@ def refiner(data, bundle, classifier_bundle, split, rule, scoring, plot, as_json
     else:
         predicted = [p.label for p in r_preds]
     report = score_predictions(evalset.truth, predicted, scoring, ref.labels)
-    what = "rule (classifier + refiner)" if rule else "refiner"
+    what = ("rule (classifier + refiner)" if rule else "refiner") + f", prior {ref.prior_name}"
     _report(f"{what} on {evalset.kind} {split} ({scoring})", report, plot, as_json)

@@ -228,10 +228,13 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
               help="Classifier bundle (default: shipped).")
 @click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="DANN refiner bundle (default: shipped; none = classifier's answer is final).")
+@click.option("--prior", type=click.Choice(["bundle", "peripheral-blood", "none"]), default="bundle",
+              show_default=True, help="Refiner's decision prior: the bundle's own (shipped: the adult "
+              "peripheral-blood differential), or none (all classes equally likely: e.g. a leukaemia smear).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.pass_context
 def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
-            refiner, device):
+            refiner, prior, device):
     """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders)."""
     from tqdm import tqdm
 
@@ -243,6 +246,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         raise InputError("no image among the inputs: " + "; ".join(failures))
     pipeline = Pipeline.load(segmenter=segmenter, classifier=classifier, refiner=refiner,
                              weights=weights, device=device)
+    if prior != "bundle" and pipeline.refiner is not None:
+        pipeline.refiner.set_prior(prior)
     dataset = Dataset(labels=label_specs())
     class_order = [spec.name for spec in dataset.labels]
     colors = _palette(class_order)

@@ -12,6 +12,8 @@ import click
 @click.option("--target", "targets", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Unlabelled target domain (BCCD or JTSC folder, or a folder of crops); repeatable.")
 @click.option("--target-labels", type=click.Path(path_type=Path), help="A few labelled target crops: DIR/<class>/*.png.")
+@click.option("--target-label-share", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="With --target-labels: share of each class's source draws given to those few crops.")
 @click.option("--classifier", type=click.Path(path_type=Path),
               help="Classifier bundle to start from (its body and held-out split); default: the shipped one.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
@@ -24,19 +26,23 @@ import click
 @click.option("--domain-lr-mult", default=10.0, show_default=True, type=float, help="Discriminator lr / feature lr.")
 @click.option("--low-res", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Probability of shrinking a source crop to 35-80% and back (coarser cameras).")
+@click.option("--stain-random", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability of a strong stain/camera colour change on a source crop (other labs).")
+@click.option("--prior", default="peripheral-blood", show_default=True, type=click.Choice(["peripheral-blood", "none"]),
+              help="Decision prior stored in the bundle: a smear's reference differential, or none (uniform).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Source crop cache .npz (shared with the classifier).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
-def refiner(source, targets, target_labels, classifier, out, stain, epochs, size, batch_size, lr,
-            domain_weight, domain_lr_mult, low_res, seed, cache, threads, resume):
+def refiner(source, targets, target_labels, target_label_share, classifier, out, stain, epochs, size, batch_size, lr,
+            domain_weight, domain_lr_mult, low_res, stain_random, prior, seed, cache, threads, resume):
     """Train the DANN refiner (labels: the shared classes) and write a bundle of kind "refiner"."""
     from ..bundle import shipped_bundle
     from ..train.refiner import RefinerConfig, train_refiner
 
     classifier = classifier or shipped_bundle("classifier")
     cfg = RefinerConfig(source=source, targets=list(targets), out=out, classifier=classifier,
-                        target_labels=target_labels, epochs=epochs, size=size, batch_size=batch_size, lr=lr,
-                        domain_weight=domain_weight, domain_lr_mult=domain_lr_mult, stain=stain, low_res=low_res, seed=seed, cache=cache, threads=threads,
-                        resume=resume)
+                        target_labels=target_labels, target_label_share=target_label_share, epochs=epochs, size=size, batch_size=batch_size, lr=lr,
+                        domain_weight=domain_weight, domain_lr_mult=domain_lr_mult, stain=stain, low_res=low_res,
+                        stain_random=stain_random, prior=prior, seed=seed, cache=cache, threads=threads, resume=resume)
     click.echo(f"wrote {train_refiner(cfg)}")

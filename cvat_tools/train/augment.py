@@ -79,11 +79,35 @@ def low_resolution(img: np.ndarray, rng: np.random.Generator, smallest: float = 
     return cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR)
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, low_res: float = 0.0) -> np.ndarray:
+def stain_randomization(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A far larger colour change than :func:`_colour_jitter`: another lab's stain and camera.
+
+    Other labs' cells are not PBC's purple: BCCD's are pale blue, JTSC's nuclei red-violet in
+    yellow cytoplasm (see benchmarks/cross_domain.py). Hue turned by up to +-60 degrees,
+    saturation 0.35-1.6x, per-channel gains 0.7-1.3 (white balance), gamma 0.6-1.6, sometimes
+    grey; what is left to learn from is the nucleus shape and texture, which do transfer.
+    """
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-30, 30)) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.35, 1.6), 0, 255)
+    x = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32) / 255.0
+    x = np.clip(x * rng.uniform(0.7, 1.3, size=3), 0, 1) ** rng.uniform(0.6, 1.6)
+    x = (x * 255).astype(np.uint8)
+    if rng.random() < 0.15:
+        x = np.repeat(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    return x
+
+
+def augment(img: np.ndarray, rng: np.random.Generator, low_res: float = 0.0,
+            stain_random: float = 0.0) -> np.ndarray:
     """One random training view of a masked crop; ``low_res``: probability of
-    :func:`low_resolution`."""
+    :func:`low_resolution`; ``stain_random``: probability of :func:`stain_randomization`
+    (instead of the milder jitter)."""
     cell = cell_pixels(img)
-    img = _colour_jitter(img, rng)
+    if stain_random and rng.random() < stain_random:
+        img = stain_randomization(img, rng)
+    else:
+        img = _colour_jitter(img, rng)
     img[~cell] = BACKGROUND
     img = _geometry(img, rng)
     if rng.random() < 0.15:  # smear-like background instead of the grey
@@ -93,7 +117,7 @@ def augment(img: np.ndarray, rng: np.random.Generator, low_res: float = 0.0) -> 
     if low_res and rng.random() < low_res:
         img = low_resolution(img, rng)
     if rng.random() < 0.2:  # Gaussian blur: focus differences
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 2.0 if stain_random else 1.2))
     if rng.random() < 0.1:  # salt-and-pepper noise
         img = img.copy()
         pick = rng.random(img.shape[:2])
@@ -103,5 +127,6 @@ def augment(img: np.ndarray, rng: np.random.Generator, low_res: float = 0.0) -> 
     return img
 
 
-def augment_batch(batch: np.ndarray, rng: np.random.Generator, low_res: float = 0.0) -> np.ndarray:
-    return np.stack([augment(b.copy(), rng, low_res) for b in batch])
+def augment_batch(batch: np.ndarray, rng: np.random.Generator, low_res: float = 0.0,
+                  stain_random: float = 0.0) -> np.ndarray:
+    return np.stack([augment(b.copy(), rng, low_res, stain_random) for b in batch])

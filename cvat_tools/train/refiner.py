@@ -9,7 +9,9 @@
        loss = CE(source labels) + BCE(domain) behind the gradient reversal, lambda on the
        Ganin-Lempitsky schedule; Adam
     -> checkpoint each epoch (--resume); PBC val macro-F1 printed (target labels are never
-       used for model selection) -> fp16 bundle of kind "refiner", labels SHARED_CLASSES
+       used for model selection) -> fp16 bundle of kind "refiner", labels SHARED_CLASSES,
+       with the decision prior (--prior: trained class-balanced, it decides as if immature
+       granulocytes were as common as neutrophils unless told the smear's real prior)
 """
 from __future__ import annotations
 
@@ -51,6 +53,9 @@ class RefinerConfig:
     domain_lr_mult: float = 10.0
     stain: str = "reinhard"
     low_res: float = 0.0  # probability of the low-resolution augmentation on source crops
+    stain_random: float = 0.0  # probability of the strong stain/camera randomization on source crops
+    prior: str = "peripheral-blood"  # decision prior stored in the bundle (labels.PRIORS)
+    target_label_share: float = 0.3  # of a class's source draws, the share of its labelled target crops
     seed: int = 0
     cache: Path | None = None
     resume: bool = False
@@ -73,6 +78,7 @@ class DomainData:
     val_y: list[str]
     target_x: np.ndarray
     stain: StainNormalizer
+    labelled_target: np.ndarray  # bool per source_x row: a labelled crop of the target lab
     info: dict = field(default_factory=dict)
 
 
@@ -131,7 +137,27 @@ def prepare_domains(cfg: RefinerConfig, classifier_manifest: dict | None) -> Dom
             "source_train_counts": {lab: int((source_y == i).sum()) for lab, i in index.items()},
             "labelled_target_crops": n_labelled_target, "targets": target_counts,
             "crop_mask": train.info.get("mask")}
-    return DomainData(source_x, source_y, val_images, val.labels, target_x, stain, info)
+    labelled_target = np.arange(len(source_x)) >= len(train.images)
+    return DomainData(source_x, source_y, val_images, val.labels, target_x, stain, labelled_target, info)
+
+
+def source_draws(labels: np.ndarray, labelled_target: np.ndarray, n: int, share: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``n`` source indices, every class equally likely. Within a class that has labelled target
+    crops, those few get ``share`` of its draws: five corrections among 500 PBC crops of a class
+    would otherwise be seen about once an epoch."""
+    if not labelled_target.any():
+        return balanced_indices(labels, n, rng)
+    weights = np.zeros(len(labels))
+    for c in np.unique(labels):
+        in_class = labels == c
+        few, many = in_class & labelled_target, in_class & ~labelled_target
+        if few.any() and many.any():
+            weights[few] = share / few.sum()
+            weights[many] = (1 - share) / many.sum()
+        else:
+            weights[in_class] = 1.0 / in_class.sum()
+    return rng.choice(len(labels), size=n, replace=True, p=weights / weights.sum())
 
 
 def train_refiner(cfg: RefinerConfig) -> Path:
@@ -145,6 +171,10 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         cfg.size = cfg.size or int(classifier.manifest.get("input_size", 112))
         cfg.backbone = classifier.architecture.get("backbone", cfg.backbone)
     cfg.size = cfg.size or 112
+    try:  # refuse an unusable prior before any training
+        prior = L.prior_weights(cfg.prior, cfg.labels)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     data = prepare_domains(cfg, classifier.manifest if classifier else None)
     labels = list(cfg.labels)
 
@@ -176,7 +206,8 @@ def train_refiner(cfg: RefinerConfig) -> Path:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
-        src = balanced_indices(data.source_y, steps_per_epoch * cfg.batch_size, rng)
+        src = source_draws(data.source_y, data.labelled_target, steps_per_epoch * cfg.batch_size,
+                           cfg.target_label_share, rng)
         tgt = rng.choice(len(data.target_x), size=steps_per_epoch * cfg.batch_size, replace=True)
         t0, sums = time.time(), {"cls": 0.0, "dom": 0.0, "dom_acc": 0.0}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
@@ -184,7 +215,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
             lam = grl_lambda((epoch * steps_per_epoch + step) / max(total, 1))
             s_idx = src[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             t_idx = tgt[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            batch = np.concatenate([augment_batch(data.source_x[s_idx], rng, cfg.low_res),
+            batch = np.concatenate([augment_batch(data.source_x[s_idx], rng, cfg.low_res, cfg.stain_random),
                                     augment_batch(data.target_x[t_idx], rng)])
             logits, dom_logits = model(to_tensor(batch), lam * cfg.domain_weight)
             cls_loss = F.cross_entropy(logits[:cfg.batch_size], torch.from_numpy(data.source_y[s_idx]),
@@ -214,6 +245,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         architecture={"backbone": cfg.backbone, "model": "DANN", "domain_hidden": 256, "framework": "timm"},
         input_size=cfg.size,
         stain=data.stain.to_manifest(),
+        decision_prior={"name": cfg.prior, "weights": prior},
         normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
         training={**{k: ([str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
                      for k, v in asdict(cfg).items()},
