@@ -1,15 +1,16 @@
 """Cross-lab scores on the 4 classes every public set here has (eosinophil, lymphocyte,
 monocyte, neutrophil): PBC-trained models on BCCD (single-WBC test images) and JTSC.
 
-    python benchmarks/cross_domain.py [--dann BUNDLE] [--both BUNDLE] [--classifier BUNDLE]
+    python benchmarks/cross_domain.py [--refiner NAME=BUNDLE ...] [--classifier BUNDLE]
 
 Rows:
   source-only          the classifier as trained on PBC (band cell counts as neutrophil)
   + stain norm (test)  the same classifier, every crop Reinhard-normalized to the PBC train
                        crops' LAB statistics at inference only (no retraining)
-  + DANN               a refiner trained without stain normalization (--dann), if given
-  + DANN + stain       a refiner trained with Reinhard normalization (--both; default: shipped)
-  rule                 the thesis rule over the classifier and the --both refiner: what the
+  NAME                 each --refiner NAME=BUNDLE (other recipes: without DANN's partner
+                       options, with Reinhard, semi-supervised, ...), in the order given
+  shipped refiner      cvat_tools/weights/refiner
+  rule                 the thesis rule over the classifier and the shipped refiner: what the
                        pipeline outputs
 Each row is scored as trained (prior "none") and under the peripheral-blood prior
 (labels.PERIPHERAL_BLOOD_PRIOR: the adult reference differential, which the shipped refiner
@@ -32,8 +33,8 @@ DATA = REPO.parent / "shared" / "data"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classifier", type=Path, default=None)
-    ap.add_argument("--dann", type=Path, default=None, help="refiner bundle trained with --stain none")
-    ap.add_argument("--both", type=Path, default=None, help="refiner bundle trained with --stain reinhard")
+    ap.add_argument("--refiner", action="append", default=[], metavar="NAME=BUNDLE",
+                    help="another refiner bundle to score (repeatable)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reference-n", type=int, default=400, help="PBC train crops for the test-time reference")
@@ -65,28 +66,31 @@ def main() -> None:
     clf_stain = CellClassifier(clf.model, clf.labels, clf.input_size,
                                StainNormalizer.fit("reinhard", reference), manifest=clf.manifest)
 
-    both_path = args.both or shipped_bundle("refiner")
     rows = [("source-only", clf, None), ("+ stain norm (test)", clf_stain, None)]
-    rows.append(("+ DANN", Refiner.from_bundle(args.dann, classifier_labels=clf.labels), None) if args.dann
-                else ("+ DANN", None, "not trained"))
-    both = Refiner.from_bundle(both_path, classifier_labels=clf.labels) if both_path else None
-    rows.append(("+ DANN + stain", both, None if both else "not trained"))
-    rows.append(("rule (clf + DANN+stain)", both, None if both else "not trained"))
+    for entry in args.refiner:
+        name, _, path = entry.partition("=")
+        if not path:
+            ap.error(f"--refiner {entry!r}: expected NAME=BUNDLE")
+        rows.append((name, Refiner.from_bundle(Path(path), classifier_labels=clf.labels), None))
+    shipped = shipped_bundle("refiner")
+    ref = Refiner.from_bundle(shipped, classifier_labels=clf.labels) if shipped else None
+    rows.append(("shipped refiner", ref, None if ref else "not shipped"))
+    rows.append(("rule (clf + shipped)", ref, None if ref else "not shipped"))
 
     # Each model twice: as trained (uniform prior: the training sampling was class-balanced) and
     # under the peripheral-blood prior (labels.PERIPHERAL_BLOOD_PRIOR). For the rule row the
     # classifier stays as shipped (no prior) and only the refiner's prior changes, as in the
     # pipeline.
     priors = ("none", "peripheral-blood")
-    header = f"{'model':<26}" + "".join(f"{name + ' F1':>14}{'acc':>7}" for _ in priors for name in sets)
-    print(f"{'':<26}" + "".join(f"{'prior: ' + p:>{21 * len(sets)}}" for p in priors))
+    header = f"{'model':<32}" + "".join(f"{name + ' F1':>14}{'acc':>7}" for _ in priors for name in sets)
+    print(f"{'':<32}" + "".join(f"{'prior: ' + p:>{21 * len(sets)}}" for p in priors))
     print(header)
     print("-" * len(header))
     clf.set_prior("none")
     clf_preds = {name: clf.predict(s.crops) for name, s in sets.items()}
     for title, model, missing in rows:
         if model is None:
-            print(f"{title:<26}{missing}")
+            print(f"{title:<32}{missing}")
             continue
         cells = ""
         for prior in priors:
@@ -98,7 +102,7 @@ def main() -> None:
                     labels = [combine(c, r).label for c, r in zip(clf_preds[name], preds)]
                 rep = score_predictions(s.truth, labels, "cross-domain")
                 cells += f"{rep.macro_f1:14.3f}{rep.accuracy:7.3f}"
-        print(f"{title:<26}{cells}", flush=True)
+        print(f"{title:<32}{cells}", flush=True)
     print("n (crops of the 4 classes): " + ", ".join(
         f"{name} {sum(t in L.CROSS_DOMAIN_CLASSES for t in s.truth)}" for name, s in sets.items()))
 
