@@ -128,3 +128,23 @@ def test_decision_prior_is_bayes_over_a_class_balanced_model():
         ref.set_prior("leukaemia")
     # a model without a prior in its manifest decides as trained
     assert Refiner(Even(), labels, 32, StainNormalizer("none")).prior_name == "none"
+
+
+def test_the_bundles_own_prior_numbers_are_used():
+    import numpy as np
+
+    from cvat_tools.classify.stain import StainNormalizer
+
+    class Even(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 2)
+
+    labels = ["lymphocyte", "neutrophil"]
+    # a bundle written with other prior values than labels.py's today keeps deciding with its own
+    manifest = {"decision_prior": {"name": "peripheral-blood", "weights": {"lymphocyte": 0.9, "neutrophil": 0.1}}}
+    ref = Refiner(Even(), labels, 32, StainNormalizer("none"), manifest=manifest)
+    p = ref.predict([np.full((40, 40, 3), 128, np.uint8)])[0]
+    assert p.label == "lymphocyte" and abs(p.probs["lymphocyte"] - 0.9) < 1e-5
+    bad = {"decision_prior": {"name": "peripheral-blood", "weights": {"lymphocyte": 1.0}}}
+    with pytest.raises(BundleError, match="does not match"):
+        Refiner(Even(), labels, 32, StainNormalizer("none"), manifest=bad)

@@ -73,18 +73,23 @@ class _BundleModel:
         self.device = device
         self.manifest = manifest or {}
         entry = self.manifest.get("decision_prior") or {}
-        self.set_prior(entry.get("name", "none"))
+        # the bundle's own numbers, so a later change to labels.py cannot move a shipped model
+        self.set_prior(entry.get("name", "none"), entry.get("weights"))
 
-    def set_prior(self, name: str) -> None:
-        """Decide under prior ``name`` (labels.PRIORS): "none" keeps the training (uniform) one."""
+    def set_prior(self, name: str, weights: dict[str, float] | None = None) -> None:
+        """Decide under prior ``name`` (labels.PRIORS; its values from labels.py unless
+        ``weights`` are given): "none" keeps the training (uniform) one."""
         from ..labels import PRIORS, prior_weights
 
         if name not in PRIORS:
             raise InputError(f"unknown prior {name!r}; choose one of {list(PRIORS)}")
-        try:
-            weights = prior_weights(name, self.labels)
-        except ValueError as exc:
-            raise InputError(f"{exc} (this model's labels: {self.labels})") from None
+        if weights is None:
+            try:
+                weights = prior_weights(name, self.labels)
+            except ValueError as exc:
+                raise InputError(f"{exc} (this model's labels: {self.labels})") from None
+        elif sorted(weights) != sorted(self.labels):
+            raise BundleError(f"decision prior over {sorted(weights)} does not match the labels {self.labels}")
         self.prior_name = name
         self._prior = None if weights is None else torch.tensor([weights[lab] for lab in self.labels])
 

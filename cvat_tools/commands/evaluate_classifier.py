@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..labels import PRIORS
+
 SCORING = click.Choice(["fine", "pbc-folders", "cross-domain"])
 
 
@@ -50,7 +52,7 @@ def classifier(data, bundle, split, scoring, plot, as_json):
 @click.option("--rule", is_flag=True, help="Score the final decision of the thesis rule (classifier + refiner).")
 @click.option("--fold", "scoring", type=SCORING, default="cross-domain", show_default=True)
 @click.option("--plot", type=click.Path(path_type=Path), help="Confusion-matrix PNG to write.")
-@click.option("--prior", type=click.Choice(["bundle", "peripheral-blood", "none"]), default="bundle", show_default=True,
+@click.option("--prior", type=click.Choice(["bundle", *PRIORS]), default="bundle", show_default=True,
               help="Decision prior of the refiner: the bundle's own, the peripheral-blood differential, or none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def refiner(data, bundle, classifier_bundle, split, rule, scoring, plot, prior, as_json):

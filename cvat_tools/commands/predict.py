@@ -28,6 +28,7 @@ from ..atomic import atomic_dir
 from ..errors import CvatToolsError, InputError
 from ..formats.annotations import Dataset, ImageAnnotation, Instance, Mask
 from ..imaging import IMAGE_SUFFIXES, list_images, load_image
+from ..labels import PRIORS
 
 FORMATS = {  # --format -> what is written under OUT
     "cvat": "annotations.xml",
@@ -228,7 +229,7 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
               help="Classifier bundle (default: shipped).")
 @click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="DANN refiner bundle (default: shipped; none = classifier's answer is final).")
-@click.option("--prior", type=click.Choice(["bundle", "peripheral-blood", "none"]), default="bundle",
+@click.option("--prior", type=click.Choice(["bundle", *PRIORS]), default="bundle",
               show_default=True, help="Refiner's decision prior: the bundle's own (shipped: the adult "
               "peripheral-blood differential), or none (all classes equally likely: e.g. a leukaemia smear).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..labels import PRIORS
+
 
 @click.command("refiner")
 @click.option("--source", required=True, type=click.Path(path_type=Path),
@@ -28,7 +30,7 @@ import click
               help="Probability of shrinking a source crop to 35-80% and back (coarser cameras).")
 @click.option("--stain-random", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Probability of a strong stain/camera colour change on a source crop (other labs).")
-@click.option("--prior", default="peripheral-blood", show_default=True, type=click.Choice(["peripheral-blood", "none"]),
+@click.option("--prior", default="peripheral-blood", show_default=True, type=click.Choice(PRIORS),
               help="Decision prior stored in the bundle: a smear's reference differential, or none (uniform).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Source crop cache .npz (shared with the classifier).")
