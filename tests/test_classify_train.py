@@ -99,6 +99,10 @@ def test_classifier_init_fine_tunes_at_another_size_and_refuses_other_labels(tin
     out = train_classifier(ClassifierConfig(out=tmp_path / "big", size=48, init=path, **base))
     bundle = load_bundle(out, kind="classifier")
     assert bundle.manifest["input_size"] == 48 and bundle.manifest["training"]["init"] == str(path)
+    first = load_bundle(path, kind="classifier").manifest
+    provenance = bundle.manifest["training"]["init_bundle"]  # the earlier stage stays traceable
+    assert provenance["path"] == str(path) and provenance["training"]["size"] == first["input_size"]
+    assert provenance["training"]["history"] == first["training"]["history"]
     fewer = make_crops(tmp_path / "fewer", per_class=6, classes=L.SHARED_CLASSES)
     with pytest.raises(Exception, match="label set"):
         train_classifier(ClassifierConfig(out=tmp_path / "other", size=32, init=path,

@@ -184,6 +184,11 @@ def test_prior_option_changes_the_refiners_decision_scores(tmp_path, bccd_dir):
         assert code == 0, stderr
         ds = read_cvat_xml(tmp_path / prior / "annotations.xml")
         scores[prior] = [(i.attributes["refiner"], i.attributes["refiner_score"]) for i in ds.images[0].instances]
+        used = json.loads((tmp_path / prior / "predict.json").read_text())["refiner_prior"]
+        assert used["name"] == ("peripheral-blood" if prior == "bundle" else "none")  # recorded
+        assert (used["weights"] is None) == (prior == "none")
+        if used["weights"]:
+            assert abs(sum(used["weights"].values()) - 1) < 1e-4 and used["weights"]["neutrophil"] > 0.3
     assert scores["bundle"] and len(scores["bundle"]) == len(scores["none"])
     # same cells, another prior: the refiner's posterior (and maybe its answer) moves
     assert scores["bundle"] != scores["none"]

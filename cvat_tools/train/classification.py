@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -55,6 +56,11 @@ class ClassifierConfig:
     pretrained: bool = True
     fractions: tuple[float, float, float] = D.DEFAULT_FRACTIONS
     progress: bool = True
+    device: str = "cpu"  # "cuda": bf16 autocast; augmentation stays on the CPU (see workers)
+    workers: int = 0  # augmentation processes (0: in this process); results do not depend on it
+    low_res: float = 0.0  # probability of augment.low_resolution (other cameras)
+    stain_random: float = 0.0  # probability of augment.stain_randomization (other labs' stains)
+    packed: Path | None = None  # train from a pack (classification_pack) instead of --data/--pbc
 
     @property
     def work_dir(self) -> Path:
@@ -75,6 +81,8 @@ class PreparedData:
 
 def prepare_data(cfg: ClassifierConfig) -> PreparedData:
     """Everything that can fail on bad input happens here, before a single training step."""
+    if cfg.packed is not None:
+        return prepare_packed(cfg)
     if (cfg.data is None) == (cfg.pbc is None):
         raise InputError("pass exactly one of --data CROPS_DIR or --pbc PBC_DIR")
     pbc_mode = cfg.pbc is not None
@@ -105,6 +113,32 @@ def prepare_data(cfg: ClassifierConfig) -> PreparedData:
     return PreparedData(root, labels, split, crops, stain, info)
 
 
+def prepare_packed(cfg: ClassifierConfig) -> PreparedData:
+    """The split and crops of a pack made elsewhere (test: file list only, no pixels)."""
+    from .classification_pack import read_pack
+
+    if cfg.data is not None or cfg.pbc is not None:
+        raise InputError("--packed replaces --data/--pbc; pass only one of them")
+    meta, images = read_pack(cfg.packed)
+    if int(meta["size"]) != cfg.size:
+        raise InputError(f"{cfg.packed}: pack holds {meta['size']}-px crops, this run wants --size {cfg.size}")
+    if int(meta["seed"]) != cfg.seed or tuple(meta["fractions"]) != tuple(cfg.fractions):
+        raise InputError(f"{cfg.packed}: pack was split with seed {meta['seed']}; pass --seed {meta['seed']}")
+    root = Path(meta["root"])
+    split = {k: D.split_from_manifest(meta["files"], root, k) for k in D.SPLITS}
+    crops = {k: D.CropCache(images[k], [s.label for s in split[k]], [str(s.path) for s in split[k]],
+                            {"pack": str(cfg.packed)}) for k in ("train", "val")}
+    size = cfg.size
+    crops["test"] = D.CropCache(np.zeros((0, size, size, 3), np.uint8), [], [], {"pack": "test pixels not packed"})
+    stain = StainNormalizer.fit(cfg.stain, crops["train"].images)
+    if stain.method != "none":
+        for part in crops.values():
+            if len(part.images):
+                part.images = np.stack([stain(c) for c in part.images])
+    info = {**meta["info"], "pack": str(cfg.packed), "pack_quality": meta.get("quality")}
+    return PreparedData(root, list(meta["labels"]), split, crops, stain, info)
+
+
 def balanced_indices(targets: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` indices drawn with replacement so every class is equally likely (weighted sampler)."""
     counts = np.bincount(targets)
@@ -114,31 +148,111 @@ def balanced_indices(targets: np.ndarray, n: int, rng: np.random.Generator) -> n
 
 # --- model ----------------------------------------------------------------------------------
 
-def _distributed() -> tuple[int, int]:
+def _distributed(device: str = "cpu") -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
 
 
+def batch_tensor(crops: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """uint8 N x S x S x 3 -> the model's input on ``device`` (moved as uint8: 4x fewer bytes)."""
+    if device == "cpu":
+        return to_tensor(crops)
+    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # == to_tensor: mean 0.5, std 0.5
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
-def predict_cache(model: nn.Module, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def predict_cache(model: nn.Module, images: np.ndarray, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
     """Class probabilities for already-prepared (resized, stain-normalized) crops."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(torch.softmax(model(to_tensor(images[start:start + batch_size])), 1).numpy())
+        logits = model(batch_tensor(images[start:start + batch_size], device))
+        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def score(model: nn.Module, cache: D.CropCache, labels: list[str]) -> dict:
-    probs = predict_cache(model, cache.images)
+def score(model: nn.Module, cache: D.CropCache, labels: list[str], device: str = "cpu") -> dict | None:
+    if not len(cache.images):
+        return None
+    probs = predict_cache(model, cache.images, device=device)
     predicted = [labels[i] for i in probs.argmax(1)]
     fine = classification_report(cache.labels, predicted, labels)
     folded = classification_report([L.FINE_TO_PBC_FOLDER.get(t, t) for t in cache.labels],
                                    [L.FINE_TO_PBC_FOLDER.get(p, p) for p in predicted])
     return {"fine": fine.to_dict(), "pbc_folders": folded.to_dict()}
+
+
+# --- augmented batches ------------------------------------------------------------------------
+
+_POOL_IMAGES: np.ndarray | None = None  # the train crops, in this process or mapped by a worker
+
+
+def _start_worker(path: str) -> None:
+    global _POOL_IMAGES
+    cv2.setNumThreads(1)
+    _POOL_IMAGES = np.load(path, mmap_mode="r")
+
+
+def _augment_step(job) -> np.ndarray:
+    idx, seed, low_res, stain_random = job
+    return augment_batch(_POOL_IMAGES[idx], np.random.default_rng(seed), low_res, stain_random)
+
+
+class BatchMaker:
+    """Augmented training batches, in this process or in ``workers`` worker processes.
+
+    Each step has its own seed (run seed, epoch, rank, step), so a run gives the same batches
+    whatever the number of workers; workers keep a bounded queue of steps ahead (a GPU takes
+    batches faster than one CPU core augments them). Workers are fresh processes (forkserver),
+    not forks: a fork of a process whose OpenCV/OpenMP thread pools have run can hang. They read
+    the crops from a memory-mapped temporary .npy file."""
+
+    def __init__(self, images: np.ndarray, workers: int, low_res: float, stain_random: float):
+        global _POOL_IMAGES
+        _POOL_IMAGES = images
+        self.low_res, self.stain_random = low_res, stain_random
+        self.pool, self.tmp = None, None
+        if workers > 0:
+            import multiprocessing as mp
+            import tempfile
+
+            self.tmp = tempfile.mkdtemp(prefix="cvat-tools-crops-")
+            path = os.path.join(self.tmp, "train.npy")
+            np.save(path, images)
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            self.pool = mp.get_context(method).Pool(workers, initializer=_start_worker, initargs=(path,))
+            self.ahead = 2 * workers
+
+    def epoch(self, picks: np.ndarray, batch_size: int, steps: int, seed: tuple):
+        jobs = [(picks[i * batch_size:(i + 1) * batch_size], [*seed, i], self.low_res, self.stain_random)
+                for i in range(steps)]
+        if self.pool is None:
+            for job in jobs:
+                yield _augment_step(job)
+            return
+        from collections import deque
+        queue = deque(self.pool.apply_async(_augment_step, (job,)) for job in jobs[:self.ahead])
+        for i in range(steps):
+            batch = queue.popleft().get()
+            if i + self.ahead < steps:
+                queue.append(self.pool.apply_async(_augment_step, (jobs[i + self.ahead],)))
+            yield batch
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+        if self.tmp is not None:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -172,13 +286,37 @@ def init_from_bundle(model: nn.Module, path: Path, labels: list[str], backbone: 
     model.load_state_dict(bundle.state_dict)
 
 
+def init_provenance(path: Path | None) -> dict | None:
+    """How the --init bundle was made (its recipe, history and scores), kept in the new bundle's
+    manifest: a multi-stage recipe (GPU run, then a finish here) stays traceable from one file."""
+    if path is None:
+        return None
+    from ..bundle import read_manifest
+
+    manifest = read_manifest(path)
+    return {"path": str(path), "training": manifest.get("training"), "metrics": manifest.get("metrics")}
+
+
 # --- the loop -------------------------------------------------------------------------------
 
 def train_classifier(cfg: ClassifierConfig) -> Path:
     torch.set_num_threads(cfg.threads)
-    rank, world = _distributed()
-    torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
+    batches = BatchMaker(data.crops["train"].images, cfg.workers, cfg.low_res, cfg.stain_random)
+    try:
+        return _train(cfg, data, batches)
+    finally:
+        batches.close()
+
+
+def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Path:
+    device = cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible here; use --device cpu")
+    rank, world = _distributed(device)
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    torch.manual_seed(cfg.seed)
     labels = data.labels
     index = L.label_index(labels)
     train_x = data.crops["train"].images
@@ -187,6 +325,9 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     model = build_classifier(cfg.backbone, len(labels), pretrained=cfg.pretrained and cfg.init is None)
     if cfg.init is not None:
         init_from_bundle(model, cfg.init, labels, cfg.backbone)
+    model.to(device)
+    if device != "cpu":
+        model.to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * world))
@@ -209,17 +350,20 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         print(f"resumed after epoch {start_epoch} (best val macro-F1 {best_f1:.4f})")
 
     from tqdm import tqdm
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         picks = balanced_indices(train_y, steps_per_epoch * cfg.batch_size, rng)
         t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank)
-        for step in bar:
+        bar = tqdm(batches.epoch(picks, cfg.batch_size, steps_per_epoch, (cfg.seed, epoch, rank)),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank)
+        for step, batch in enumerate(bar):
             idx = picks[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = to_tensor(augment_batch(train_x[idx], rng))
-            y = torch.from_numpy(train_y[idx])
-            loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+            x = batch_tensor(batch, device)
+            y = torch.from_numpy(train_y[idx]).to(device)
+            with autocast:
+                loss = F.cross_entropy(net(x).float(), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -228,22 +372,27 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             loss_sum += float(loss.detach()) * len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
         if rank == 0:
-            val = score(model, data.crops["val"], labels)
+            val = score(model, data.crops["val"], labels, device)
             f1 = val["fine"]["macro_f1"]
             history.append({"epoch": epoch + 1, "loss": round(loss_sum / max(seen, 1), 4), "val_macro_f1": f1,
                             "val_accuracy": val["fine"]["accuracy"], "img_s": round(seen / (time.time() - t0), 1)})
             print(json.dumps(history[-1]), flush=True)
             if f1 > best_f1:
                 best_f1 = f1
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             schedule=schedule.state_dict(), epoch=epoch + 1, best_f1=best_f1,
                             best_state=best_state, history=history, labels=labels, size=cfg.size)
     if rank != 0:
         return cfg.out
     model.load_state_dict(best_state)
-    test = score(model, data.crops["test"], labels)
-    print("held-out test (fine):", test["fine"]["macro_f1"], " (8 PBC folders):", test["pbc_folders"]["macro_f1"])
+    test = score(model, data.crops["test"], labels, device)
+    if test is None:
+        print("held-out test: its pixels are not in the pack; score it where the data is: "
+              "cvat-tools evaluate classifier --data PBC_DIR --bundle", cfg.out)
+    else:
+        print("held-out test (fine):", test["fine"]["macro_f1"], " (8 PBC folders):", test["pbc_folders"]["macro_f1"])
+    model.to("cpu")
     return save_bundle(
         cfg.out, "classifier", model.state_dict(), labels,
         architecture={"backbone": cfg.backbone, "head": "linear", "framework": "timm"},
@@ -251,7 +400,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         stain=data.stain.to_manifest(),
         normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
         training={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                  "data": data.info, "history": history},
+                  "data": data.info, "history": history, "init_bundle": init_provenance(cfg.init)},
         metrics={"val_macro_f1": best_f1, "test": test},
         split={"seed": cfg.seed, "fractions": list(cfg.fractions), "root": str(data.root),
                "files": D.split_to_manifest(data.split, data.root)},
