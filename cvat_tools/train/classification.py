@@ -301,6 +301,8 @@ def init_provenance(path: Path | None) -> dict | None:
 
 def train_classifier(cfg: ClassifierConfig) -> Path:
     torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible here; use --device cpu")
     data = prepare_data(cfg)
     batches = BatchMaker(data.crops["train"].images, cfg.workers, cfg.low_res, cfg.stain_random)
     try:
@@ -311,8 +313,6 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
 
 def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Path:
     device = cfg.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible here; use --device cpu")
     rank, world = _distributed(device)
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
