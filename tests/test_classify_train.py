@@ -144,3 +144,29 @@ def test_refiner_one_step_with_a_few_labelled_target_crops(tiny_classifier, tmp_
     with pytest.raises(InputError, match="schistocyte"):
         train_refiner(cfg)
     assert not (tmp_path / "ref2").exists()
+
+
+def test_fold_batchnorm_same_outputs_fewer_layers():
+    import torch
+    from torch import nn
+
+    from cvat_tools.classify.backbones import fold_batchnorm
+    from cvat_tools.classify.classifier import build_classifier
+
+    model = build_classifier("efficientnet_lite0", 5, pretrained=False).eval()
+    with torch.no_grad():  # non-trivial statistics, as after training
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(3, 3, 160, 160)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), folded(x), rtol=1e-3, atol=1e-4)
+    # a BatchNorm that does not follow a convolution cannot be folded: the model comes back as is
+    odd = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3)).eval()
+    assert fold_batchnorm(odd) is odd

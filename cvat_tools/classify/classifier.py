@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..bundle import load_bundle, shipped_bundle
 from ..errors import BundleError, InputError
-from .backbones import MEAN, STD, create_backbone
+from .backbones import MEAN, STD, create_backbone, fold_batchnorm
 from .stain import StainNormalizer
 
 
@@ -66,7 +66,8 @@ class _BundleModel:
                  stain: StainNormalizer, device: str = "cpu", manifest: dict | None = None):
         # channels-last: oneDNN's fast path for EfficientNet's depthwise convolutions on CPU
         # (1.5-1.7x network crops/s at 160 px on 2 cores in an A/B run); harmless on CUDA.
-        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
+        # BatchNorm folded into the convolutions: the same outputs, ~1.5x crops/s on 2 CPU cores
+        self.model = fold_batchnorm(model.eval()).to(device).to(memory_format=torch.channels_last)
         self.labels = list(labels)
         self.input_size = int(input_size)
         self.stain = stain
