@@ -94,6 +94,13 @@ class _BundleModel:
         self.prior_name = name
         self._prior = None if weights is None else torch.tensor([weights[lab] for lab in self.labels])
 
+    @property
+    def decision_prior(self) -> dict:
+        """The prior in use, in the manifest's shape: {"name", "weights" (None: uniform)}."""
+        weights = None if self._prior is None else {
+            lab: round(float(w), 6) for lab, w in zip(self.labels, self._prior)}
+        return {"name": self.prior_name, "weights": weights}
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

@@ -206,15 +206,6 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
     return write_yolo(dataset, target)
 
 
-def _prior_record(refiner) -> dict | None:
-    """The decision prior the refiner used, so a prediction can be read (and rerun) later."""
-    if refiner is None:
-        return None
-    prior = getattr(refiner, "_prior", None)
-    weights = None if prior is None else {lab: round(float(w), 6) for lab, w in zip(refiner.labels, prior)}
-    return {"name": getattr(refiner, "prior_name", "none"), "weights": weights}
-
-
 # ---------------------------------------------------------------------------------------------
 # the command
 
@@ -292,7 +283,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
             "threshold": threshold,
             "format": fmt,
             "models": vars(pipeline.info),
-            "refiner_prior": _prior_record(pipeline.refiner),
+            # the refiner's decision prior, so a prediction can be read (and rerun) later
+            "refiner_prior": pipeline.refiner.decision_prior if pipeline.refiner is not None else None,
             "images": [{"name": im.name, "cells": len(im.instances)} for im in dataset.images],
             "failed": failures,
             "skipped_by_writer": dataset.skipped,
