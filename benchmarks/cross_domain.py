@@ -2,11 +2,13 @@
 monocyte, neutrophil): PBC-trained models on BCCD (single-WBC test images) and JTSC.
 
     python benchmarks/cross_domain.py [--refiner NAME=BUNDLE ...] [--classifier BUNDLE]
+                                      [--exclude FEW_SHOT_DIR]
 
 Rows:
   source-only          the classifier as trained on PBC (band cell counts as neutrophil)
   + stain norm (test)  the same classifier, every crop Reinhard-normalized to the PBC train
                        crops' LAB statistics at inference only (no retraining)
+  + Macenko (test)     the same with Macenko's stain vectors instead
   NAME                 each --refiner NAME=BUNDLE (other recipes: without DANN's partner
                        options, with Reinhard, semi-supervised, ...), in the order given
   shipped refiner      cvat_tools/weights/refiner
@@ -18,6 +20,8 @@ decides with).
 Crops are cut with the datasets' own masks (crops.cell_crop). Macro-F1 is over the classes
 present in each set's truth; a prediction outside the 4 classes is simply wrong. JTSC was seen
 UNLABELLED by the refiners during training (transductive domain adaptation); BCCD test was not.
+--exclude DIR (a folder written by benchmarks/few_shot_crops.py, given to a semi-supervised
+refiner as --target-labels) leaves out the crops whose labels that refiner was trained with.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ def main() -> None:
                     help="another refiner bundle to score (repeatable)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--exclude", type=Path, default=None, metavar="FEW_SHOT_DIR",
+                    help="leave out the crops of this few-shot folder (benchmarks/few_shot_crops.py)")
     ap.add_argument("--reference-n", type=int, default=400, help="PBC train crops for the test-time reference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,6 +58,18 @@ def main() -> None:
     clf = CellClassifier.from_bundle(args.classifier)
     sets = {"BCCD test": load_eval_set(args.data / "bccd_wbc", "test"),
             "JTSC": load_eval_set(args.data / "jtsc_wbc")}
+    if args.exclude is not None:
+        from few_shot_crops import crop_key
+
+        seen = {p.stem for p in args.exclude.glob("*/*.png")}
+        if not seen:
+            ap.error(f"--exclude {args.exclude}: no crops there")
+        for name, lab in (("BCCD test", "bccd"), ("JTSC", "jtsc")):
+            s = sets[name]
+            keep = [i for i, n in enumerate(s.names) if crop_key(lab, n) not in seen]
+            print(f"{name}: {len(s.names) - len(keep)} few-shot crops left out")
+            sets[name] = type(s)(s.kind, [s.crops[i] for i in keep], [s.truth[i] for i in keep],
+                                 [s.names[i] for i in keep])
 
     # test-time stain normalization: reference from PBC crops of the classifier's TRAIN split
     from cvat_tools.classify.classifier import prepare
@@ -65,8 +83,11 @@ def main() -> None:
     reference = prepare(crops, clf.input_size, StainNormalizer("none"))
     clf_stain = CellClassifier(clf.model, clf.labels, clf.input_size,
                                StainNormalizer.fit("reinhard", reference), manifest=clf.manifest)
+    clf_macenko = CellClassifier(clf.model, clf.labels, clf.input_size,
+                                 StainNormalizer.fit("macenko", reference), manifest=clf.manifest)
 
-    rows = [("source-only", clf, None), ("+ stain norm (test)", clf_stain, None)]
+    rows = [("source-only", clf, None), ("+ stain norm (test)", clf_stain, None),
+            ("+ Macenko (test)", clf_macenko, None)]
     for entry in args.refiner:
         name, _, path = entry.partition("=")
         if not path:

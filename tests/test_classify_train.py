@@ -62,6 +62,20 @@ def test_refiner_one_step_from_classifier(tiny_classifier, tmp_path):
     assert len(ref.predict([np.full((40, 40, 3), 128, np.uint8)])) == 1
 
 
+def test_refiner_with_macenko_stores_and_reuses_the_reference(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
+    cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
+                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False, stain="macenko")
+    ref = Refiner.from_bundle(train_refiner(cfg))
+    entry = ref.manifest["stain"]
+    assert entry["method"] == "macenko" and ref.stain.method == "macenko"
+    stains = np.asarray(entry["reference_stain_matrix"])
+    assert stains.shape == (3, 2) and np.allclose(np.linalg.norm(stains, axis=0), 1, atol=1e-6)
+    assert ref.stain.stains == entry["reference_stain_matrix"]
+    assert len(ref.predict([np.full((40, 40, 3), 128, np.uint8)])) == 1
+
+
 def test_refiner_refuses_an_unknown_prior_before_training(tiny_classifier, tmp_path):
     root, clf_path = tiny_classifier
     target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..classify.stain import METHODS as STAIN_METHODS
+
 
 @click.command("classifier")
 @click.option("--data", "data", type=click.Path(path_type=Path), help="Crops folder: DIR/<class>/*.png|jpg.")
@@ -16,7 +18,8 @@ import click
               type=click.Choice(["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--stain", default="none", show_default=True, type=click.Choice(["none", "reinhard"]))
+@click.option("--stain", default="none", show_default=True, type=click.Choice(STAIN_METHODS),
+              help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Crop cache .npz (made once, then reused).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")

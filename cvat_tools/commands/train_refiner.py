@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..classify.stain import METHODS as STAIN_METHODS
+
 from ..labels import PRIORS
 
 
@@ -19,7 +21,8 @@ from ..labels import PRIORS
 @click.option("--classifier", type=click.Path(path_type=Path),
               help="Classifier bundle to start from (its body and held-out split); default: the shipped one.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
-@click.option("--stain", default="reinhard", show_default=True, type=click.Choice(["none", "reinhard"]))
+@click.option("--stain", default="reinhard", show_default=True, type=click.Choice(STAIN_METHODS),
+              help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors).")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--size", type=click.IntRange(32, 512), help="Input size (default: the classifier's).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2), help="Per domain.")

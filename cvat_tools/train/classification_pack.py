@@ -64,7 +64,7 @@ def write_pack(path: Path, data, size: int, seed: int, fractions) -> Path:
 
     if data.stain.method != "none":
         raise InputError("a pack holds the crops as cut; make it with --stain none (the training run "
-                         "that reads it may use --stain reinhard)")
+                         "that reads it may use --stain reinhard or macenko)")
 
     arrays: dict[str, np.ndarray] = {}
     manifest = D.split_to_manifest(data.split, data.root)
