@@ -107,3 +107,8 @@ def test_macenko_leaves_unusable_crops_alone():
     assert np.array_equal(macenko(blank, norm.stains, norm.max_conc), blank)
     with pytest.raises(BundleError):
         StainNormalizer.fit("macenko", [blank])
+    # a damaged manifest is refused when the bundle loads, not at the first crop
+    for stains, conc in (([[1, 0], [0, 1]], [1, 1]), (norm.stains, [1.0, -1.0]),
+                         (norm.stains, [1.0]), ([["x", 0]] * 3, [1, 1]), (norm.stains, [float("nan"), 1])):
+        with pytest.raises(BundleError, match="macenko reference"):
+            StainNormalizer("macenko", stains=stains, max_conc=conc)

@@ -144,8 +144,18 @@ class StainNormalizer:
             raise BundleError(f"unknown stain normalization {self.method!r}; use one of {METHODS}")
         if self.method == "reinhard" and (self.mean is None or self.std is None):
             raise BundleError("reinhard stain normalization needs the reference LAB mean and std")
-        if self.method == "macenko" and (self.stains is None or self.max_conc is None):
-            raise BundleError("macenko stain normalization needs the reference stain matrix and concentrations")
+        if self.method == "macenko":
+            if self.stains is None or self.max_conc is None:
+                raise BundleError("macenko stain normalization needs the reference stain matrix and concentrations")
+            try:
+                stains = np.asarray(self.stains, dtype=np.float64)
+                conc = np.asarray(self.max_conc, dtype=np.float64)
+            except (TypeError, ValueError):
+                stains = conc = np.zeros(0)
+            if (stains.shape != (3, 2) or conc.shape != (2,) or not np.all(np.isfinite(stains))
+                    or not np.all(np.isfinite(conc)) or np.any(conc <= 0)):
+                raise BundleError("macenko reference: expected a finite 3x2 stain matrix and two positive "
+                                  "concentrations")
 
     @classmethod
     def fit(cls, method: str, crops) -> "StainNormalizer":
