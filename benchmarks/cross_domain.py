@@ -26,6 +26,7 @@ refiner as --target-labels) leaves out the crops whose labels that refiner was t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -68,8 +69,8 @@ def main() -> None:
             s = sets[name]
             keep = [i for i, n in enumerate(s.names) if crop_key(lab, n) not in seen]
             print(f"{name}: {len(s.names) - len(keep)} few-shot crops left out")
-            sets[name] = type(s)(s.kind, [s.crops[i] for i in keep], [s.truth[i] for i in keep],
-                                 [s.names[i] for i in keep])
+            sets[name] = dataclasses.replace(s, crops=[s.crops[i] for i in keep],
+                                             truth=[s.truth[i] for i in keep], names=[s.names[i] for i in keep])
 
     # test-time stain normalization: reference from PBC crops of the classifier's TRAIN split
     from cvat_tools.classify.classifier import prepare

@@ -68,7 +68,7 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: run this on a GPU machine (or pass --device cpu)", file=sys.stderr)
         return 2
-    from cvat_tools.formats.masks import serverless_mask_decode
+    from cvat_tools.formats.masks import mask_to_full, serverless_mask_decode
 
     cpu, dev = load_function("cpu"), load_function(args.device)
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -81,14 +81,11 @@ def main() -> int:
     for name, data in requests:
         body = {"image": base64.b64encode(data).decode("ascii"), "threshold": 0.5}
         (status_cpu, a), (status_dev, b) = call(cpu, body), call(dev, body)
+        h, w = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).shape
         row = {"image": name, "status": [status_cpu, status_dev], "cells": [len(a), len(b)], "pairs": []}
         for x, y in zip(a, b):
-            mx, my = serverless_mask_decode(x["mask"]), serverless_mask_decode(y["mask"])
-            fx = np.zeros((max(mx.top + mx.bitmap.shape[0], my.top + my.bitmap.shape[0]),
-                           max(mx.left + mx.bitmap.shape[1], my.left + my.bitmap.shape[1])), bool)
-            fy = fx.copy()
-            fx[mx.top:mx.top + mx.bitmap.shape[0], mx.left:mx.left + mx.bitmap.shape[1]] = mx.bitmap
-            fy[my.top:my.top + my.bitmap.shape[0], my.left:my.left + my.bitmap.shape[1]] = my.bitmap
+            fx = mask_to_full(serverless_mask_decode(x["mask"]), w, h)
+            fy = mask_to_full(serverless_mask_decode(y["mask"]), w, h)
             row["pairs"].append({
                 "labels": [x["label"], y["label"]], "confidence": [x["confidence"], y["confidence"]],
                 "mask_box": [x["mask"][-4:], y["mask"][-4:]],

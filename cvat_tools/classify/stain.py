@@ -75,7 +75,11 @@ def macenko_stains(crop: np.ndarray, where: np.ndarray | None = None):
     """(stain matrix 3x2, unit columns, haematoxylin-like first; 99th-percentile concentrations
     of both) of the crop's stained cell pixels, or None when too few pixels or no spread."""
     where = cell_pixels(crop) if where is None else where
-    od = optical_density(crop[where])
+    return _stains_from_density(optical_density(crop[where]))
+
+
+def _stains_from_density(od: np.ndarray):
+    """macenko_stains on the optical densities (N x 3) of a crop's cell pixels."""
     # total absorbance, not every channel: a pure counterstain pixel barely absorbs red
     od = od[np.linalg.norm(od, axis=1) > OD_MIN]
     if len(od) < MIN_PIXELS:
@@ -104,11 +108,11 @@ def macenko(crop: np.ndarray, ref_stains, ref_max_conc) -> np.ndarray:
     """Crop with its cell's stain vectors and concentration range moved to the reference's;
     background and crops without a usable stain estimate unchanged."""
     where = cell_pixels(crop)
-    found = macenko_stains(crop, where) if where.any() else None
+    od = optical_density(crop[where])
+    found = _stains_from_density(od) if where.any() else None
     if found is None:
         return crop
     stains, max_conc = found
-    od = optical_density(crop[where])
     conc = np.linalg.lstsq(stains, od.T, rcond=None)[0].clip(min=0.0)
     conc *= (np.asarray(ref_max_conc, np.float64) / max_conc)[:, None]
     rgb = IO * np.exp(-np.asarray(ref_stains, np.float64) @ conc) - 1.0
