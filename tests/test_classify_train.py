@@ -160,6 +160,53 @@ def test_refiner_one_step_with_a_few_labelled_target_crops(tiny_classifier, tmp_
     assert not (tmp_path / "ref2").exists()
 
 
+def test_im_loss_rewards_confident_prior_shaped_decisions_and_punishes_collapse():
+    import math
+
+    import torch
+
+    from cvat_tools.train.refiner import im_loss
+
+    prior = torch.tensor([0.6, 0.3, 0.1])
+    log_prior = prior.log()
+    n = 100
+    truth = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)  # a batch shaped like the prior
+    confident = torch.nn.functional.one_hot(truth, 3).float() * 12 - log_prior  # p ~ one-hot after the prior
+    collapsed = torch.zeros(n, 3)
+    collapsed[:, 0] = 12  # every cell the commonest class
+    unsure = -log_prior.expand(n, 3)  # p = uniform after the prior
+    good, bad, vague = (float(im_loss(z, log_prior)) for z in (confident, collapsed, unsure))
+    assert good < 0.01  # confident and matching the differential: nearly nothing to pay
+    assert bad > -math.log(0.6) - 0.01  # confident but all one class pays KL(onehot || prior) = -log 0.6
+    assert vague > math.log(3) - 0.01  # unsure: the full entropy
+    z = unsure.clone().requires_grad_(True)
+    im_loss(z, log_prior).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_refiner_continues_from_a_refiner_with_information_maximization(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte", "neutrophil"))
+    base = dict(source=root, targets=[target], classifier=clf_path, epochs=1, batch_size=4, max_steps=1,
+                threads=2, progress=False)
+    first = train_refiner(RefinerConfig(out=tmp_path / "ref", **base))
+    second = train_refiner(RefinerConfig(out=tmp_path / "ref_im", init=first, target_im=1.0, **base))
+    m = load_bundle(second, kind="refiner").manifest
+    record = m["training"]["refiner_init"]  # the first stage stays traceable
+    assert record["path"] == str(first)
+    assert record["weights_sha256"] == load_bundle(first).manifest["weights"]["sha256"]
+    assert m["training"]["target_im"] == 1.0 and m["training"]["history"][0]["target_im_loss"] > 0
+    a = load_bundle(first).state_dict["label_head.1.weight"]
+    b = load_bundle(second).state_dict["label_head.1.weight"]
+    assert a.shape == b.shape and not np.allclose(a.numpy(), b.numpy())  # it trained on from there
+    # a classifier bundle, or a refiner of another size, is refused before any data is read
+    with pytest.raises(Exception, match="refiner bundle is needed"):
+        train_refiner(RefinerConfig(out=tmp_path / "bad", init=clf_path, **base))
+    with pytest.raises(InputError, match="32 px"):
+        train_refiner(RefinerConfig(out=tmp_path / "bad", init=first, size=48, **base))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_fold_batchnorm_same_outputs_fewer_layers():
     import torch
     from torch import nn

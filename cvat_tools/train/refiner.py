@@ -7,7 +7,8 @@
     -> DANN initialized from the trained classifier (body + head rows of the shared classes)
     -> each step: equal-size source and target batches, both augmented;
        loss = CE(source labels) + BCE(domain) behind the gradient reversal, lambda on the
-       Ganin-Lempitsky schedule; Adam
+       Ganin-Lempitsky schedule [+ --target-im W: information maximization on the target
+       batch, see im_loss]; Adam
     -> checkpoint each epoch (--resume); PBC val macro-F1 printed (target labels are never
        used for model selection) -> fp16 bundle of kind "refiner", labels SHARED_CLASSES,
        with the decision prior (--prior: trained class-balanced, it decides as if immature
@@ -43,6 +44,8 @@ class RefinerConfig:
     targets: list[Path]
     out: Path
     classifier: Path | None = None  # init + split from this classifier bundle
+    init: Path | None = None  # continue from this refiner bundle (same labels, backbone, size)
+    target_im: float = 0.0  # weight of the information-maximization loss on target batches
     target_labels: Path | None = None  # a few labelled target crops: DIR/<class>/*.png
     epochs: int = 4
     size: int | None = None  # default: the classifier's input size, else 112
@@ -160,6 +163,33 @@ def source_draws(labels: np.ndarray, labelled_target: np.ndarray, n: int, share:
     return rng.choice(len(labels), size=n, replace=True, p=weights / weights.sum())
 
 
+def _init_record(path: Path | None) -> dict | None:
+    """The starting refiner's own recipe, so a two-stage bundle still says how it was made."""
+    if path is None:
+        return None
+    manifest = load_bundle(path, kind="refiner").manifest
+    return {"path": str(path), "weights_sha256": manifest.get("weights", {}).get("sha256"),
+            "training": manifest.get("training")}
+
+
+def im_loss(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """Information maximization on unlabelled target crops (SHOT, Liang et al. 2020), with the
+    field's prior in place of SHOT's uniform class marginal.
+
+    p = softmax(logits + log prior): the posterior the bundle decides with. Minimizing each
+    crop's entropy H(p) makes the decision confident (features of the new lab move towards a
+    class); keeping KL(mean p || prior) small stops that from collapsing onto one class: a
+    batch of a smear's cells should look like its differential, mostly neutrophils and
+    lymphocytes, a few monocytes and eosinophils.
+    """
+    log_p = F.log_softmax(logits + log_prior, dim=1)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(1).mean()
+    mean_p = p.mean(0).clamp_min(1e-8)
+    divergence = (mean_p * (mean_p.log() - log_prior)).sum()
+    return entropy + divergence
+
+
 def train_refiner(cfg: RefinerConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -175,12 +205,23 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         prior = L.prior_weights(cfg.prior, cfg.labels)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    start = None  # a refiner to continue from: refused now, not after the data is loaded
+    if cfg.init is not None:
+        start = load_bundle(cfg.init, kind="refiner", labels=list(cfg.labels))
+        if (start.architecture.get("backbone") != cfg.backbone
+                or int(start.manifest.get("input_size", 0)) != cfg.size):
+            raise InputError(f"{cfg.init}: refiner is {start.architecture.get('backbone')} at "
+                             f"{start.manifest.get('input_size')} px, this run {cfg.backbone} at {cfg.size} px")
     data = prepare_domains(cfg, classifier.manifest if classifier else None)
     labels = list(cfg.labels)
 
     model = DANN(len(labels), cfg.backbone, pretrained=cfg.pretrained and classifier is None)
     if classifier is not None:
         model.init_from_classifier(classifier.state_dict, classifier.labels, labels)
+    if start is not None:
+        model.load_state_dict(start.state_dict)
+    weights = prior or {lab: 1.0 / len(labels) for lab in labels}
+    log_prior = torch.tensor([math.log(weights[lab]) for lab in labels])
     # The discriminator learns faster than the features (domain_lr_mult): if it lags, the
     # reversed gradient flips the domains back and forth instead of aligning them.
     optimizer = torch.optim.Adam([
@@ -209,7 +250,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         src = source_draws(data.source_y, data.labelled_target, steps_per_epoch * cfg.batch_size,
                            cfg.target_label_share, rng)
         tgt = rng.choice(len(data.target_x), size=steps_per_epoch * cfg.batch_size, replace=True)
-        t0, sums = time.time(), {"cls": 0.0, "dom": 0.0, "dom_acc": 0.0}
+        t0, sums = time.time(), {"cls": 0.0, "dom": 0.0, "dom_acc": 0.0, "im": 0.0}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
         for step in bar:
             lam = grl_lambda((epoch * steps_per_epoch + step) / max(total, 1))
@@ -222,6 +263,10 @@ def train_refiner(cfg: RefinerConfig) -> Path:
                                        label_smoothing=0.1)
             dom_loss = F.binary_cross_entropy_with_logits(dom_logits, domain)
             loss = cls_loss + dom_loss
+            if cfg.target_im > 0:
+                im = im_loss(logits[cfg.batch_size:], log_prior)
+                loss = loss + cfg.target_im * im
+                sums["im"] += float(im.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -229,11 +274,12 @@ def train_refiner(cfg: RefinerConfig) -> Path:
             sums["dom"] += float(dom_loss.detach())
             sums["dom_acc"] += float(((dom_logits > 0).float() == domain).float().mean())
             bar.set_postfix(cls=f"{sums['cls'] / (step + 1):.3f}", dom=f"{sums['dom'] / (step + 1):.3f}",
-                            lam=f"{lam:.2f}")
+                            lam=f"{lam:.2f}", **({"im": f"{sums['im'] / (step + 1):.3f}"} if cfg.target_im > 0 else {}))
         val_pred = [labels[i] for i in predict_cache(model, data.val_x).argmax(1)]
         val = classification_report(data.val_y, val_pred, labels)
         n = steps_per_epoch
         history.append({"epoch": epoch + 1, "cls_loss": round(sums["cls"] / n, 4), "domain_loss": round(sums["dom"] / n, 4),
+                        **({"target_im_loss": round(sums["im"] / n, 4)} if cfg.target_im > 0 else {}),
                         "domain_accuracy": round(sums["dom_acc"] / n, 4), "lambda": round(lam, 3),
                         "pbc_val_macro_f1": round(val.macro_f1, 4),
                         "img_s": round(2 * n * cfg.batch_size / (time.time() - t0), 1)})
@@ -250,6 +296,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         training={**{k: ([str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
                      for k, v in asdict(cfg).items()},
                   "data": data.info, "history": history,
-                  "classifier_init": str(cfg.classifier) if cfg.classifier else None},
+                  "classifier_init": str(cfg.classifier) if cfg.classifier else None,
+                  "refiner_init": _init_record(cfg.init)},
         metrics={"pbc_val_macro_f1": history[-1]["pbc_val_macro_f1"] if history else None},
     )
