@@ -1,0 +1,91 @@
+"""Does the mask that cuts a crop change the classifier's answer? PBC crops of the classifier's
+val split (never its test split: this is for choosing what to train on next), each cut twice:
+
+  classical   segment.classical.centre_cell_mask: what the shipped classifier was trained on
+  maskrcnn    the shipped Mask R-CNN's instance nearest the image centre: what the pipeline
+              (predict, the Nuclio function) feeds the classifier on a smear
+
+    python benchmarks/mask_source.py [--split val] [--threads 2] [--every 1] [--plot pairs.png]
+
+Prints macro-F1 (fine classes and the 8 PBC folders) for both, and the mean IoU of the two masks.
+--plot writes a montage of crop pairs (classical left, Mask R-CNN right).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def centre_instance(detections, height: int, width: int):
+    """The detection whose box centre is nearest the image centre (single-cell images)."""
+    def dist(d):
+        x1, y1, x2, y2 = d.box
+        return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
+    return min(detections, key=dist) if detections else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pbc", type=Path, default=DATA / "pbc")
+    ap.add_argument("--split", choices=["train", "val"], default="val")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--every", type=int, default=1, help="score every k-th image (quicker)")
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from cvat_tools.bundle import shipped_bundle
+    from cvat_tools.classify.classifier import CellClassifier
+    from cvat_tools.crops import cell_crop
+    from cvat_tools.imaging import load_image
+    from cvat_tools.segment.classical import centre_cell_mask
+    from cvat_tools.segment.maskrcnn import MaskRCNNSegmenter
+    from cvat_tools.train import classification_data as D
+    from cvat_tools.train.classification_eval import score_predictions
+
+    clf = CellClassifier.from_bundle()
+    seg = MaskRCNNSegmenter.from_bundle(shipped_bundle("segmenter"))
+    samples = D.split_from_manifest(clf.manifest["split"]["files"], args.pbc, args.split)[::args.every]
+    crops = {"classical": [], "maskrcnn": []}
+    truth, ious, skipped, t0 = [], [], 0, time.time()
+    for s in samples:
+        image = load_image(s.path)
+        h, w = image.shape[:2]
+        classical = centre_cell_mask(image)
+        det = centre_instance(seg.segment(image, 0.3), h, w)
+        if classical is None or det is None:
+            skipped += 1
+            continue
+        learned = det.full_mask(h, w)
+        ious.append((classical & learned).sum() / max((classical | learned).sum(), 1))
+        crops["classical"].append(cell_crop(image, classical))
+        crops["maskrcnn"].append(cell_crop(image, learned))
+        truth.append(s.label)
+    print(f"{len(truth)} PBC {args.split} images ({skipped} without a mask of either kind), "
+          f"{time.time() - t0:.0f} s; mean mask IoU classical vs Mask R-CNN {np.mean(ious):.3f}")
+    for name, cut in crops.items():
+        predicted = [p.label for p in clf.predict(cut)]
+        fine = score_predictions(truth, predicted, "fine", clf.labels)
+        folders = score_predictions(truth, predicted, "pbc-folders", clf.labels)
+        print(f"{name:10s} fine macro-F1 {fine.macro_f1:.4f} (acc {fine.accuracy:.4f})   "
+              f"8 folders {folders.macro_f1:.4f} (acc {folders.accuracy:.4f})")
+    if args.plot:
+        import cv2
+
+        pairs = [np.hstack([cv2.resize(a, (96, 96)), cv2.resize(b, (96, 96))])
+                 for a, b in zip(crops["classical"][:40], crops["maskrcnn"][:40])]
+        pairs += [np.full_like(pairs[0], 255)] * (-len(pairs) % 5)
+        grid = np.vstack([np.hstack(pairs[i:i + 5]) for i in range(0, len(pairs), 5)])
+        cv2.imwrite(str(args.plot), np.ascontiguousarray(grid[..., ::-1]))
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
