@@ -198,7 +198,10 @@ def test_refiner_continues_from_a_refiner_with_information_maximization(tiny_cla
     assert m["training"]["target_im"] == 1.0 and m["training"]["history"][0]["target_im_loss"] > 0
     a = load_bundle(first).state_dict["label_head.1.weight"]
     b = load_bundle(second).state_dict["label_head.1.weight"]
-    assert a.shape == b.shape and not np.allclose(a.numpy(), b.numpy())  # it trained on from there
+    assert a.shape == b.shape and not np.allclose(a.numpy(), b.numpy())  # it trained on
+    # with lr 0 nothing moves: the weights are the first refiner's, not the classifier's rows
+    still = train_refiner(RefinerConfig(out=tmp_path / "ref_lr0", init=first, **{**base, "lr": 0.0}))
+    assert np.array_equal(load_bundle(still).state_dict["label_head.1.weight"].numpy(), a.numpy())
     # a classifier bundle, or a refiner of another size, is refused before any data is read
     with pytest.raises(Exception, match="refiner bundle is needed"):
         train_refiner(RefinerConfig(out=tmp_path / "bad", init=clf_path, **base))

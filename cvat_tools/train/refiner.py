@@ -163,15 +163,6 @@ def source_draws(labels: np.ndarray, labelled_target: np.ndarray, n: int, share:
     return rng.choice(len(labels), size=n, replace=True, p=weights / weights.sum())
 
 
-def _init_record(path: Path | None) -> dict | None:
-    """The starting refiner's own recipe, so a two-stage bundle still says how it was made."""
-    if path is None:
-        return None
-    manifest = load_bundle(path, kind="refiner").manifest
-    return {"path": str(path), "weights_sha256": manifest.get("weights", {}).get("sha256"),
-            "training": manifest.get("training")}
-
-
 def im_loss(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     """Information maximization on unlabelled target crops (SHOT, Liang et al. 2020), with the
     field's prior in place of SHOT's uniform class marginal.
@@ -205,13 +196,16 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         prior = L.prior_weights(cfg.prior, cfg.labels)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    start = None  # a refiner to continue from: refused now, not after the data is loaded
+    start = init_record = None  # a refiner to continue from: refused now, not after the data is loaded
     if cfg.init is not None:
         start = load_bundle(cfg.init, kind="refiner", labels=list(cfg.labels))
         if (start.architecture.get("backbone") != cfg.backbone
                 or int(start.manifest.get("input_size", 0)) != cfg.size):
             raise InputError(f"{cfg.init}: refiner is {start.architecture.get('backbone')} at "
                              f"{start.manifest.get('input_size')} px, this run {cfg.backbone} at {cfg.size} px")
+        # the first stage's recipe, so a two-stage bundle still says how it was made
+        init_record = {"path": str(cfg.init), "weights_sha256": start.manifest["weights"].get("sha256"),
+                       "training": start.manifest.get("training")}
     data = prepare_domains(cfg, classifier.manifest if classifier else None)
     labels = list(cfg.labels)
 
@@ -297,6 +291,6 @@ def train_refiner(cfg: RefinerConfig) -> Path:
                      for k, v in asdict(cfg).items()},
                   "data": data.info, "history": history,
                   "classifier_init": str(cfg.classifier) if cfg.classifier else None,
-                  "refiner_init": _init_record(cfg.init)},
+                  "refiner_init": init_record},
         metrics={"pbc_val_macro_f1": history[-1]["pbc_val_macro_f1"] if history else None},
     )
