@@ -5,7 +5,7 @@ val split (never its test split: this is for choosing what to train on next), ea
   maskrcnn    the shipped Mask R-CNN's instance nearest the image centre: what the pipeline
               (predict, the Nuclio function) feeds the classifier on a smear
 
-    python benchmarks/mask_source.py [--split val] [--threads 2] [--every 1] [--plot pairs.png]
+    python benchmarks/mask_source.py [--threads 2] [--every 1] [--plot pairs.png]
 
 Prints macro-F1 (fine classes and the 8 PBC folders) for both, and the mean IoU of the two masks.
 --plot writes a montage of crop pairs (classical left, Mask R-CNN right).
@@ -34,7 +34,6 @@ def centre_instance(detections, height: int, width: int):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc")
-    ap.add_argument("--split", choices=["train", "val"], default="val")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--every", type=int, default=1, help="score every k-th image (quicker)")
     ap.add_argument("--plot", type=Path, default=None)
@@ -52,7 +51,7 @@ def main() -> None:
 
     clf = CellClassifier.from_bundle()
     seg = MaskRCNNSegmenter.from_bundle(shipped_bundle("segmenter"))
-    samples = D.split_from_manifest(clf.manifest["split"]["files"], args.pbc, args.split)[::args.every]
+    samples = D.split_from_manifest(clf.manifest["split"]["files"], args.pbc, "val")[::args.every]
     crops = {"classical": [], "maskrcnn": []}
     truth, ious, skipped, t0 = [], [], 0, time.time()
     for s in samples:
@@ -68,7 +67,7 @@ def main() -> None:
         crops["classical"].append(cell_crop(image, classical))
         crops["maskrcnn"].append(cell_crop(image, learned))
         truth.append(s.label)
-    print(f"{len(truth)} PBC {args.split} images ({skipped} without a mask of either kind), "
+    print(f"{len(truth)} PBC val images ({skipped} without a mask of either kind), "
           f"{time.time() - t0:.0f} s; mean mask IoU classical vs Mask R-CNN {np.mean(ious):.3f}")
     for name, cut in crops.items():
         predicted = [p.label for p in clf.predict(cut)]
