@@ -5,9 +5,10 @@ val split (never its test split: this is for choosing what to train on next), ea
   maskrcnn    the shipped Mask R-CNN's instance nearest the image centre: what the pipeline
               (predict, the Nuclio function) feeds the classifier on a smear
 
-    python benchmarks/mask_source.py [--threads 2] [--every 1] [--plot pairs.png]
+    python benchmarks/mask_source.py [--threads 2] [--every 1] [--plot pairs.png] [--bundle NAME=DIR ...]
 
-Prints macro-F1 (fine classes and the 8 PBC folders) for both, and the mean IoU of the two masks.
+Prints macro-F1 (fine classes and the 8 PBC folders) for both, and the mean IoU of the two masks,
+for the shipped classifier or each --bundle (same split: the val files come from the first).
 --plot writes a montage of crop pairs (classical left, Mask R-CNN right).
 """
 from __future__ import annotations
@@ -23,20 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
-def centre_instance(detections, height: int, width: int):
-    """The detection whose box centre is nearest the image centre (single-cell images)."""
-    def dist(d):
-        x1, y1, x2, y2 = d.box
-        return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
-    return min(detections, key=dist) if detections else None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--every", type=int, default=1, help="score every k-th image (quicker)")
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR",
+                    help="classifier bundles to score (default: the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -46,10 +41,15 @@ def main() -> None:
     from cvat_tools.imaging import load_image
     from cvat_tools.segment.classical import centre_cell_mask
     from cvat_tools.segment.maskrcnn import MaskRCNNSegmenter
+    from cvat_tools.segment.single_cell import centre_detection
     from cvat_tools.train import classification_data as D
     from cvat_tools.train.classification_eval import score_predictions
 
-    clf = CellClassifier.from_bundle()
+    bundles = [b.split("=", 1) for b in args.bundle] or [["shipped", None]]
+    classifiers = {name: CellClassifier.from_bundle(path) for name, path in bundles}
+    clf = next(iter(classifiers.values()))
+    if any(c.manifest["split"]["files"]["val"] != clf.manifest["split"]["files"]["val"] for c in classifiers.values()):
+        raise SystemExit("the bundles were trained on different splits; their val crops are not comparable")
     seg = MaskRCNNSegmenter.from_bundle(shipped_bundle("segmenter"))
     samples = D.split_from_manifest(clf.manifest["split"]["files"], args.pbc, "val")[::args.every]
     crops = {"classical": [], "maskrcnn": []}
@@ -58,7 +58,7 @@ def main() -> None:
         image = load_image(s.path)
         h, w = image.shape[:2]
         classical = centre_cell_mask(image)
-        det = centre_instance(seg.segment(image, 0.3), h, w)
+        det = centre_detection(seg.segment(image, D.SEGMENTER_THRESHOLD), h, w)
         if classical is None or det is None:
             skipped += 1
             continue
@@ -69,12 +69,13 @@ def main() -> None:
         truth.append(s.label)
     print(f"{len(truth)} PBC val images ({skipped} without a mask of either kind), "
           f"{time.time() - t0:.0f} s; mean mask IoU classical vs Mask R-CNN {np.mean(ious):.3f}")
-    for name, cut in crops.items():
-        predicted = [p.label for p in clf.predict(cut)]
-        fine = score_predictions(truth, predicted, "fine", clf.labels)
-        folders = score_predictions(truth, predicted, "pbc-folders", clf.labels)
-        print(f"{name:10s} fine macro-F1 {fine.macro_f1:.4f} (acc {fine.accuracy:.4f})   "
-              f"8 folders {folders.macro_f1:.4f} (acc {folders.accuracy:.4f})")
+    for model_name, model in classifiers.items():
+        for name, cut in crops.items():
+            predicted = [p.label for p in model.predict(cut)]
+            fine = score_predictions(truth, predicted, "fine", model.labels)
+            folders = score_predictions(truth, predicted, "pbc-folders", model.labels)
+            print(f"{model_name:12s} {name:10s} fine macro-F1 {fine.macro_f1:.4f} (acc {fine.accuracy:.4f})   "
+                  f"8 folders {folders.macro_f1:.4f} (acc {folders.accuracy:.4f})")
     if args.plot:
         import cv2
 

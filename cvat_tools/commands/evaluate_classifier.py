@@ -28,18 +28,22 @@ def _report(name: str, report, plot: Path | None, as_json: bool) -> None:
               help="Which split (PBC: the bundle's; BCCD: index.csv's).")
 @click.option("--fold", "scoring", type=SCORING, help="Scoring (default: fine, cross-domain for BCCD/JTSC).")
 @click.option("--plot", type=click.Path(path_type=Path), help="Confusion-matrix PNG to write.")
+@click.option("--mask", "mask", type=click.Choice(["classical", "segmenter"]),
+              help="PBC only: cut the crops with this mask instead of the bundle's own "
+                   "(segmenter: the crops the pipeline would cut).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def classifier(data, bundle, split, scoring, plot, as_json):
+def classifier(data, bundle, split, scoring, plot, mask, as_json):
     """Score the classifier on held-out crops."""
     from ..classify.classifier import CellClassifier
     from ..train.classification_eval import default_scoring, load_eval_set, score_predictions
 
     model = CellClassifier.from_bundle(bundle)
-    evalset = load_eval_set(data, split, model.manifest)
+    evalset = load_eval_set(data, split, model.manifest, mask=mask)
     preds = model.predict(evalset.crops)
     scoring = scoring or default_scoring(evalset.kind)
     report = score_predictions(evalset.truth, [p.label for p in preds], scoring, model.labels)
-    _report(f"classifier on {evalset.kind} {split} ({scoring})", report, plot, as_json)
+    cut = f", {evalset.mask} masks" if evalset.mask else ""
+    _report(f"classifier on {evalset.kind} {split} ({scoring}{cut})", report, plot, as_json)
 
 
 @click.command("refiner")

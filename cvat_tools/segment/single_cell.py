@@ -52,3 +52,12 @@ def segment_single_cell(segmenter: Segmenter, image: np.ndarray, upscale: float 
         if mapped is not None:
             out.append(mapped)
     return out
+
+
+def centre_detection(detections: list[Detection], height: int, width: int) -> Detection | None:
+    """The detection whose box centre is nearest the image centre: the cell a single-cell
+    image (PBC, a crop) was taken for."""
+    def dist(d: Detection) -> float:
+        x1, y1, x2, y2 = d.box
+        return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
+    return min(detections, key=dist) if detections else None

@@ -61,6 +61,7 @@ class ClassifierConfig:
     low_res: float = 0.0  # probability of augment.low_resolution (other cameras)
     stain_random: float = 0.0  # probability of augment.stain_randomization (other labs' stains)
     packed: Path | None = None  # train from a pack (classification_pack) instead of --data/--pbc
+    mask: str = "classical"  # PBC crops: classical centre-cell mask, or "segmenter" (Mask R-CNN)
 
     @property
     def work_dir(self) -> Path:
@@ -95,7 +96,9 @@ def prepare_data(cfg: ClassifierConfig) -> PreparedData:
     order = L.PBC_FINE_CLASSES if pbc_mode else L.ALL_CLASSES
     labels = [lab for lab in order if any(s.label == lab for s in kept)]
     everything = split["train"] + split["val"] + split["test"]
-    cache = D.build_cache(everything, cfg.size, pbc_mode, cfg.cache, progress=cfg.progress)
+    if not pbc_mode and cfg.mask != "classical":
+        raise InputError("--mask picks how PBC images are cut; crops from --data are used as given")
+    cache = D.build_cache(everything, cfg.size, pbc_mode, cfg.cache, progress=cfg.progress, mask=cfg.mask)
     crops = {k: cache.subset(str(s.path) for s in v) for k, v in split.items()}
     stain = StainNormalizer.fit(cfg.stain, crops["train"].images)
     if stain.method != "none":
@@ -108,6 +111,7 @@ def prepare_data(cfg: ClassifierConfig) -> PreparedData:
         "duplicates_dropped": len(dropped),
         "crop_mask": cache.info.get("mask"),
         "mask_missed": cache.info.get("mask_missed"),
+        "segmenter_fallbacks": cache.info.get("segmenter_fallbacks"),
         "counts": {k: {lab: sum(s.label == lab for s in v) for lab in labels} for k, v in split.items()},
     }
     return PreparedData(root, labels, split, crops, stain, info)
@@ -124,6 +128,9 @@ def prepare_packed(cfg: ClassifierConfig) -> PreparedData:
         raise InputError(f"{cfg.packed}: pack holds {meta['size']}-px crops, this run wants --size {cfg.size}")
     if int(meta["seed"]) != cfg.seed or tuple(meta["fractions"]) != tuple(cfg.fractions):
         raise InputError(f"{cfg.packed}: pack was split with seed {meta['seed']}; pass --seed {meta['seed']}")
+    packed_mask = D.mask_source_of(meta["info"].get("crop_mask"))
+    if packed_mask != cfg.mask:
+        raise InputError(f"{cfg.packed}: pack holds crops cut with the {packed_mask} mask; pass --mask {packed_mask}")
     root = Path(meta["root"])
     split = {k: D.split_from_manifest(meta["files"], root, k) for k in D.SPLITS}
     crops = {k: D.CropCache(images[k], [s.label for s in split[k]], [str(s.path) for s in split[k]],

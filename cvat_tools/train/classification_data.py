@@ -6,7 +6,9 @@ The order matters and is fixed here:
      classes too small to split),
   3. drop byte-identical copies (sha1) BEFORE splitting, so no picture sits in two splits,
   4. a seeded stratified train/val/test split,
-  5. crop once into an in-memory cache (uint8, size x size) that training and evaluation read.
+  5. crop once into an in-memory cache (uint8, size x size) that training and evaluation read;
+     PBC crops are cut with the classical centre-cell mask or, with ``mask="segmenter"``, the
+     shipped Mask R-CNN's centre instance (what the pipeline cuts on a smear).
 
 BCCD and JTSC crops are cut with their given masks (:func:`bccd_crops`, :func:`jtsc_crops`).
 """
@@ -243,6 +245,63 @@ def centre_mask_function() -> tuple[Callable[[np.ndarray], np.ndarray | None], s
         return fallback_centre_cell_mask, "train.classification_data.fallback_centre_cell_mask"
 
 
+MASK_SOURCES = ("classical", "segmenter")
+SEGMENTER_MASK_PREFIX = "segmenter:"
+SEGMENTER_THRESHOLD = 0.3  # a single-cell image holds its cell; a low bar finds pale ones
+
+
+class SegmenterCentreMask:
+    """The mask the pipeline would cut: the segmenter's instance nearest the image centre.
+
+    The pipeline feeds the classifier crops cut with the Mask R-CNN's masks; a classifier
+    trained on classical masks loses about 2 points of PBC val macro-F1 on them
+    (benchmarks/mask_source.py). Images where the segmenter finds nothing fall back to the
+    classical mask (counted in ``fallbacks``).
+    """
+
+    def __init__(self, bundle: str | Path | None = None, threshold: float = SEGMENTER_THRESHOLD):
+        from ..bundle import read_manifest, shipped_bundle
+        from ..segment.maskrcnn import MaskRCNNSegmenter
+
+        path = Path(bundle) if bundle is not None else shipped_bundle("segmenter")
+        if path is None:
+            raise InputError("--mask segmenter needs a segmenter bundle, and none is shipped or given")
+        self.segmenter = MaskRCNNSegmenter.from_bundle(path)
+        self.sha256 = read_manifest(path)["weights"]["sha256"]
+        self.threshold = threshold
+        self.classical = centre_mask_function()[0]
+        self.fallbacks = 0
+
+    @property
+    def name(self) -> str:
+        return f"{SEGMENTER_MASK_PREFIX}{self.sha256[:12]}"
+
+    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+        from ..segment.single_cell import centre_detection
+
+        h, w = image.shape[:2]
+        det = centre_detection(self.segmenter.segment(image, self.threshold), h, w)
+        if det is None:
+            self.fallbacks += 1
+            return self.classical(image)
+        return det.full_mask(h, w)
+
+
+def mask_function(source: str = "classical") -> tuple[Callable[[np.ndarray], np.ndarray | None], str]:
+    """(mask function, the name recorded in caches and manifests) for a PBC mask source."""
+    if source == "classical":
+        return centre_mask_function()
+    if source == "segmenter":
+        fn = SegmenterCentreMask()
+        return fn, fn.name
+    raise InputError(f"unknown mask source {source!r}; use one of {', '.join(MASK_SOURCES)}")
+
+
+def mask_source_of(crop_mask: str | None) -> str:
+    """The mask source a bundle's recorded ``crop_mask`` name stands for."""
+    return "segmenter" if (crop_mask or "").startswith(SEGMENTER_MASK_PREFIX) else "classical"
+
+
 def centre_crop(image: np.ndarray, size: int | None, mask_fn=None) -> tuple[np.ndarray, bool]:
     """Masked crop of the centre cell; (crop, True) or, when no mask is found, the centre
     disk of radius 0.3 * the short side (crop, False) so the image is still scored."""
@@ -271,20 +330,27 @@ class CropCache:
 
 
 def build_cache(
-    samples: list[Sample], size: int, pbc_mode: bool, cache_file: Path | None = None, progress: bool = True
+    samples: list[Sample], size: int, pbc_mode: bool, cache_file: Path | None = None, progress: bool = True,
+    mask: str = "classical",
 ) -> CropCache:
-    """Crop every sample once (PBC: centre-cell mask; crop folders: taken as given, resized).
+    """Crop every sample once (PBC: centre-cell mask from ``mask``, a MASK_SOURCES name; crop
+    folders: taken as given, resized).
 
-    With ``cache_file`` (an .npz) an existing cache of the same size and files is reused.
+    With ``cache_file`` (an .npz) an existing cache of the same size, files and mask is reused;
+    one cut with another mask is rebuilt (and overwritten).
     """
     paths = [str(s.path) for s in samples]
+    if mask not in MASK_SOURCES:
+        raise InputError(f"unknown mask source {mask!r}; use one of {', '.join(MASK_SOURCES)}")
     if cache_file is not None and Path(cache_file).is_file():
         data = np.load(cache_file, allow_pickle=False)
+        cached_mask = str(data["mask"]) if "mask" in data else None
         cached = CropCache(data["images"], list(data["labels"]), [str(p) for p in data["paths"]],
-                           {"cache": str(cache_file), "mask": str(data["mask"]) if "mask" in data else None})
-        if int(data["size"]) == size and set(paths) <= set(cached.paths):
+                           {"cache": str(cache_file), "mask": cached_mask})
+        same_mask = not pbc_mode or mask_source_of(cached_mask) == mask
+        if int(data["size"]) == size and same_mask and set(paths) <= set(cached.paths):
             return cached.subset(paths)
-    mask_fn, mask_name = centre_mask_function()
+    mask_fn, mask_name = mask_function(mask) if pbc_mode else (None, "given crops")
     images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
     missed = 0
     iterator = samples
@@ -298,7 +364,9 @@ def build_cache(
             missed += not found
         else:
             images[i] = resize_square(image, size)
-    info = {"mask": mask_name if pbc_mode else "given crops", "mask_missed": missed}
+    info = {"mask": mask_name, "mask_missed": missed}
+    if isinstance(mask_fn, SegmenterCentreMask):
+        info["segmenter_fallbacks"] = mask_fn.fallbacks
     cache = CropCache(images, [s.label for s in samples], paths, info)
     if cache_file is not None:
         from ..atomic import atomic_path

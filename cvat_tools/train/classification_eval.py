@@ -1,6 +1,7 @@
 """Held-out evaluation sets for the classifier and the refiner, and how labels are scored.
 
-    PBC   -> only the bundle's held-out split (default test), centre-cell crops
+    PBC   -> only the bundle's held-out split (default test), centre-cell crops cut with the
+             bundle's own mask source (classical, or the segmenter's centre instance)
     BCCD  -> single-WBC images of a split (default test), crops cut with the given masks
     JTSC  -> every image, crop cut with the given mask
     crops -> DIR/<class>/*.png as given
@@ -32,10 +33,12 @@ class EvalSet:
     crops: list[np.ndarray]
     truth: list[str]
     names: list[str]
+    mask: str | None = None  # PBC: the mask source the crops were cut with
 
 
 def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None = None,
-                  progress: bool = False) -> EvalSet:
+                  progress: bool = False, mask: str | None = None) -> EvalSet:
+    """``mask`` (PBC only) overrides the bundle's own mask source."""
     data = Path(data)
     kind = D.dataset_kind(data)
     if kind == "pbc":
@@ -48,13 +51,21 @@ def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None =
         missing = [s.path for s in samples if not s.path.is_file()]
         if missing:
             raise InputError(f"{missing[0]}: listed in the bundle's {split} split but missing; is {data} the PBC folder?")
-        mask_fn = D.centre_mask_function()[0]
+        # Cut the test crops the way the bundle's training crops were cut (unless told).
+        crop_mask = (manifest or {}).get("training", {}).get("data", {}).get("crop_mask")
+        source = mask or D.mask_source_of(crop_mask)
+        mask_fn, mask_name = D.mask_function(source)
+        if mask is None and mask_name != crop_mask and source == "segmenter":
+            print(f"note: the bundle's crops were cut with {crop_mask}, these with {mask_name} "
+                  "(the segmenter has changed since)")
         it = samples
         if progress:
             from tqdm import tqdm
             it = tqdm(samples, desc="cropping", unit="img")
         crops = [D.centre_crop(load_image(s.path), None, mask_fn)[0] for s in it]
-        return EvalSet(kind, crops, [s.label for s in samples], [str(s.path) for s in samples])
+        return EvalSet(kind, crops, [s.label for s in samples], [str(s.path) for s in samples], source)
+    if mask is not None:
+        raise InputError(f"--mask picks how PBC images are cut; {data} holds {kind} crops with their own masks")
     if kind == "bccd":
         items = D.bccd_crops(data, (split,), labelled_only=True)
     elif kind == "jtsc":

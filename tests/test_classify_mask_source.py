@@ -1,0 +1,114 @@
+"""Which mask cuts a PBC crop: the classical centre-cell mask, or the segmenter's centre
+instance (the crops the pipeline feeds the classifier). Training, its cache and evaluation
+must agree on it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cvat_tools.bundle import read_manifest, shipped_bundle
+from cvat_tools.crops import cell_crop
+from cvat_tools.errors import InputError
+from cvat_tools.formats.annotations import Mask
+from cvat_tools.imaging import load_image
+from cvat_tools.segment.base import Detection
+from cvat_tools.segment.single_cell import centre_detection
+from cvat_tools.train import classification_data as D
+from cvat_tools.train.classification import ClassifierConfig, prepare_data
+from cvat_tools.train.classification_eval import load_eval_set
+
+from test_classify_pack import SIZE, _crops
+
+
+def _square(left: int, top: int, side: int = 10) -> Detection:
+    return Detection(Mask(np.ones((side, side), bool), left, top), 0.9)
+
+
+def test_centre_detection_picks_the_cell_nearest_the_centre():
+    edge, centre, corner = _square(0, 45), _square(45, 45), _square(90, 90)
+    assert centre_detection([edge, corner, centre], 100, 100) is centre
+    assert centre_detection([edge, corner], 100, 100) is edge  # 40 px off vs 50 px
+    assert centre_detection([], 100, 100) is None
+
+
+@pytest.fixture(scope="module")
+def pbc_three(pbc_dir):
+    samples = D.pbc_samples(pbc_dir)
+    return [samples[i] for i in (0, len(samples) // 2, len(samples) - 1)]
+
+
+def test_segmenter_mask_is_the_pipelines_cell_not_the_classical_one(pbc_three):
+    fn, name = D.mask_function("segmenter")
+    sha = read_manifest(shipped_bundle("segmenter"))["weights"]["sha256"]
+    assert name == "segmenter:" + sha[:12] and D.mask_source_of(name) == "segmenter"
+    classical, _ = D.mask_function("classical")
+    ious, differ = [], 0
+    for s in pbc_three:
+        image = load_image(s.path)
+        learned, old = fn(image), classical(image)
+        assert learned.shape == image.shape[:2] and learned.dtype == bool
+        ious.append((learned & old).sum() / (learned | old).sum())
+        differ += not np.array_equal(learned, old)
+    assert fn.fallbacks == 0  # the shipped segmenter finds each of these cells
+    assert min(ious) > 0.6, ious  # the same cell ...
+    assert differ == len(pbc_three)  # ... outlined by another model
+
+
+def test_cache_is_recut_when_the_mask_source_differs(pbc_three, tmp_path):
+    file = tmp_path / "cache.npz"
+    classical = D.build_cache(pbc_three, 64, True, file, progress=False, mask="classical")
+    learned = D.build_cache(pbc_three, 64, True, file, progress=False, mask="segmenter")
+    assert classical.info["mask"] == "segment.classical.centre_cell_mask"
+    assert learned.info["mask"].startswith("segmenter:") and learned.info["segmenter_fallbacks"] == 0
+    assert "cache" not in learned.info  # cut again, not the classical file's crops
+    assert not np.array_equal(classical.images, learned.images)
+    reused = D.build_cache(pbc_three, 64, True, file, progress=False, mask="segmenter")
+    assert reused.info["cache"] == str(file) and np.array_equal(reused.images, learned.images)
+    with pytest.raises(InputError, match="mask source"):
+        D.build_cache(pbc_three, 64, True, None, progress=False, mask="watershed")
+
+
+@pytest.mark.parametrize("source", ["classical", "segmenter"])
+def test_pbc_evaluation_cuts_crops_with_the_bundles_mask(pbc_dir, pbc_three, source):
+    fn, name = D.mask_function(source)
+    files = {"test": [[str(s.path.relative_to(pbc_dir.resolve())), s.label] for s in pbc_three]}
+    manifest = {"split": {"files": files}, "training": {"data": {"crop_mask": name}}}
+    evalset = load_eval_set(pbc_dir, "test", manifest)
+    for s, crop in zip(pbc_three, evalset.crops):
+        image = load_image(s.path)
+        assert np.array_equal(crop, cell_crop(image, fn(image)))
+
+
+def test_mask_option_only_for_pbc_and_must_match_a_pack(tmp_path):
+    root = _crops(tmp_path / "crops")
+    with pytest.raises(InputError, match="--mask"):
+        prepare_data(ClassifierConfig(out=tmp_path / "b", data=root, size=SIZE, mask="segmenter", progress=False))
+    from cvat_tools.train.classification_pack import write_pack
+
+    cfg = ClassifierConfig(out=tmp_path / "b", data=root, size=SIZE, progress=False)
+    pack = write_pack(tmp_path / "p.npz", prepare_data(cfg), SIZE, cfg.seed, cfg.fractions)
+    with pytest.raises(InputError, match="--mask classical"):
+        prepare_data(ClassifierConfig(out=tmp_path / "b", packed=pack, size=SIZE, mask="segmenter", progress=False))
+
+
+def test_evaluation_mask_override_and_its_refusal_outside_pbc(pbc_dir, bccd_dir, pbc_three):
+    fn, _ = D.mask_function("segmenter")
+    files = {"test": [[str(s.path.relative_to(pbc_dir.resolve())), s.label] for s in pbc_three[:1]]}
+    classical_bundle = {"split": {"files": files}, "training": {"data": {"crop_mask": "segment.classical.centre_cell_mask"}}}
+    evalset = load_eval_set(pbc_dir, "test", classical_bundle, mask="segmenter")
+    image = load_image(pbc_three[0].path)
+    assert evalset.mask == "segmenter" and np.array_equal(evalset.crops[0], cell_crop(image, fn(image)))
+    with pytest.raises(InputError, match="--mask"):
+        load_eval_set(bccd_dir, "test", None, mask="segmenter")
+
+
+def test_cli_mask_options_refused_with_a_message(bccd_dir, tmp_path):
+    from cli_run import run_cli
+
+    code, out, err = run_cli("evaluate", "classifier", "--data", bccd_dir, "--mask", "segmenter")
+    assert code != 0 and "--mask picks how PBC images are cut" in err and "Traceback" not in err
+    root = _crops(tmp_path / "crops")
+    code, _, err = run_cli("train", "classifier", "--data", root, "--size", SIZE, "--mask", "segmenter",
+                           "--out", tmp_path / "b")
+    assert code != 0 and "--mask" in err and not (tmp_path / "b").exists()
+
