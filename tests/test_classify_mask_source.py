@@ -54,16 +54,21 @@ def test_segmenter_mask_is_the_pipelines_cell_not_the_classical_one(pbc_three):
     assert differ == len(pbc_three)  # ... outlined by another model
 
 
-def test_cache_is_recut_when_the_mask_source_differs(pbc_three, tmp_path):
-    file = tmp_path / "cache.npz"
+def test_cache_of_another_mask_source_is_refused_not_overwritten(pbc_three, tmp_path):
+    file, other = tmp_path / "classical.npz", tmp_path / "segmenter.npz"
     classical = D.build_cache(pbc_three, 64, True, file, progress=False, mask="classical")
-    learned = D.build_cache(pbc_three, 64, True, file, progress=False, mask="segmenter")
+    before = file.read_bytes()
+    with pytest.raises(InputError, match="another --cache"):
+        D.build_cache(pbc_three, 64, True, file, progress=False, mask="segmenter")
+    assert file.read_bytes() == before  # a long cut is never silently replaced
+    learned = D.build_cache(pbc_three, 64, True, other, progress=False, mask="segmenter")
     assert classical.info["mask"] == "segment.classical.centre_cell_mask"
     assert learned.info["mask"].startswith("segmenter:") and learned.info["segmenter_fallbacks"] == 0
-    assert "cache" not in learned.info  # cut again, not the classical file's crops
     assert not np.array_equal(classical.images, learned.images)
-    reused = D.build_cache(pbc_three, 64, True, file, progress=False, mask="segmenter")
-    assert reused.info["cache"] == str(file) and np.array_equal(reused.images, learned.images)
+    reused = D.build_cache(pbc_three, 64, True, other, progress=False, mask="segmenter")
+    assert reused.info["cache"] == str(other) and np.array_equal(reused.images, learned.images)
+    with pytest.raises(InputError, match="another --cache"):
+        D.build_cache(pbc_three, 64, True, other, progress=False, mask="classical")
     with pytest.raises(InputError, match="mask source"):
         D.build_cache(pbc_three, 64, True, None, progress=False, mask="watershed")
 

@@ -336,8 +336,9 @@ def build_cache(
     """Crop every sample once (PBC: centre-cell mask from ``mask``, a MASK_SOURCES name; crop
     folders: taken as given, resized).
 
-    With ``cache_file`` (an .npz) an existing cache of the same size, files and mask is reused;
-    one cut with another mask is rebuilt (and overwritten).
+    With ``cache_file`` (an .npz) an existing cache of the same size and files is reused; one cut
+    with another mask is refused (it took long to cut, e.g. ~30 min with the segmenter, and
+    the refiner and the classifier may share a cache path).
     """
     paths = [str(s.path) for s in samples]
     if mask not in MASK_SOURCES:
@@ -347,8 +348,10 @@ def build_cache(
         cached_mask = str(data["mask"]) if "mask" in data else None
         cached = CropCache(data["images"], list(data["labels"]), [str(p) for p in data["paths"]],
                            {"cache": str(cache_file), "mask": cached_mask})
-        same_mask = not pbc_mode or mask_source_of(cached_mask) == mask
-        if int(data["size"]) == size and same_mask and set(paths) <= set(cached.paths):
+        if pbc_mode and mask_source_of(cached_mask) != mask:
+            raise InputError(f"{cache_file}: this crop cache was cut with {cached_mask}, this run cuts PBC "
+                             f"with the {mask} mask; pass another --cache file")
+        if int(data["size"]) == size and set(paths) <= set(cached.paths):
             return cached.subset(paths)
     mask_fn, mask_name = mask_function(mask) if pbc_mode else (None, "given crops")
     images = np.empty((len(samples), size, size, 3), dtype=np.uint8)

@@ -12,6 +12,7 @@ prediction is "other" and simply wrong).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None =
         mask_fn, mask_name = D.mask_function(source)
         if mask is None and mask_name != crop_mask and source == "segmenter":
             print(f"note: the bundle's crops were cut with {crop_mask}, these with {mask_name} "
-                  "(the segmenter has changed since)")
+                  "(the segmenter has changed since)", file=sys.stderr)
         it = samples
         if progress:
             from tqdm import tqdm
