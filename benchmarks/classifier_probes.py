@@ -1,9 +1,14 @@
-"""Two questions about the classifier's remaining PBC errors, answered on its VAL split only
+"""Questions about the classifier's remaining PBC errors, answered on its VAL split only
 (never the test split: these decide what to try next, not what to report).
 
     python benchmarks/classifier_probes.py ensemble [BUNDLE ...]   # average of the bundles' probabilities
-    python benchmarks/classifier_probes.py size                    # does the cell's size help?
-    python benchmarks/classifier_probes.py masks                   # errors by mask regularity
+    python benchmarks/classifier_probes.py size [BUNDLE]           # does the cell's size help?
+    python benchmarks/classifier_probes.py masks [BUNDLE]          # errors by mask regularity
+    python benchmarks/classifier_probes.py tta [BUNDLE]            # test-time flips and rotations
+
+Val images are cut with the mask the (first) bundle was trained on (its manifest's
+training.data.crop_mask: classical, or the shipped segmenter's centre instance, ~0.25 s an
+image); default bundle: the shipped one.
 
 ensemble  macro-F1 (fine, 8 folders) of each bundle and of the mean of their probabilities
           (default: the shipped bundle alone; give others with the same labels and split).
@@ -11,9 +16,11 @@ size      the crops are scaled to the cell's box, so the network never sees how 
           is, and promyelocytes > myelocytes > metamyelocytes in size. 5-fold cross-validated
           logistic regression on the val logits, with and without log mask area and log box
           side (PBC images share one magnification), 3 fold seeds.
-masks     error rate of the shipped bundle by the solidity (area / convex hull area) of the
-          classical centre_cell_mask: a mask that takes in a red cell or misses pale
-          cytoplasm is irregular.
+masks     error rate of the bundle by the solidity (area / convex hull area) of its mask:
+          a mask that takes in a red cell or misses pale cytoplasm is irregular.
+tta       a cell has no up or left: macro-F1 of each of the 8 flips/rotations of the crop
+          alone, and of the mean probabilities over 2, 4 and all 8 (each costs that many
+          forward passes).
 """
 from __future__ import annotations
 
@@ -28,14 +35,17 @@ DATA = REPO.parent / "shared" / "data"
 
 
 def val_crops(manifest: dict, pbc: Path):
-    """(crops, truth, mask areas, box sides, solidities) of the val split, cut like training crops."""
+    """(crops, truth, mask areas, box sides, solidities) of the val split, cut like the bundle's
+    training crops."""
     import cv2
 
     from cvat_tools.crops import cell_crop
     from cvat_tools.imaging import load_image
     from cvat_tools.train import classification_data as D
 
-    mask_fn = D.centre_mask_function()[0]
+    recorded = manifest.get("training", {}).get("data", {}).get("crop_mask")
+    mask_fn, name = D.mask_function(D.mask_source_of(recorded))
+    print(f"cutting PBC val images with {name}")
     crops, truth, area, side, solidity = [], [], [], [], []
     for s in D.split_from_manifest(manifest["split"]["files"], pbc, "val"):
         image = load_image(s.path)
@@ -81,7 +91,7 @@ def cross_validated_f1(features: np.ndarray, y: np.ndarray, labels: list[str], s
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("probe", choices=["ensemble", "size", "masks"])
+    ap.add_argument("probe", choices=["ensemble", "size", "masks", "tta"])
     ap.add_argument("bundles", nargs="*", type=Path)
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc")
     ap.add_argument("--threads", type=int, default=2)
@@ -121,9 +131,32 @@ def main() -> None:
             k = (solidity >= lo) & (solidity < hi)
             print(f"solidity {lo:.2f}-{min(hi, 1):.2f}: {k.sum():4d} crops, {wrong[k].mean() if k.any() else 0:.1%} wrong")
         return
-    x = to_tensor(prepare(crops, m.input_size, m.stain)).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        logits = torch.cat([m.logits(x[i:i + 64]) for i in range(0, len(x), 64)]).numpy()
+    prepared = prepare(crops, m.input_size, m.stain)
+
+    def logits_of(images: np.ndarray) -> np.ndarray:
+        x = to_tensor(images).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return torch.cat([m.logits(x[i:i + 64]) for i in range(0, len(x), 64)]).numpy()
+
+    if args.probe == "tta":
+        views = {  # the dihedral group of the square, on N x H x W x 3 crops
+            "identity": lambda a: a, "flip left-right": lambda a: a[:, :, ::-1], "flip up-down": lambda a: a[:, ::-1],
+            "rotate 90": lambda a: np.rot90(a, 1, (1, 2)), "rotate 180": lambda a: np.rot90(a, 2, (1, 2)),
+            "rotate 270": lambda a: np.rot90(a, 3, (1, 2)), "transpose": lambda a: a.transpose(0, 2, 1, 3),
+            "anti-transpose": lambda a: np.rot90(a.transpose(0, 2, 1, 3), 2, (1, 2)),
+        }
+        probs = {}
+        for name, view in views.items():
+            z = logits_of(np.ascontiguousarray(view(prepared)))
+            p = np.exp(z - z.max(1, keepdims=True))
+            probs[name] = p / p.sum(1, keepdims=True)
+            print(f"{name:40s} {scores(probs[name])}")
+        for group in (["identity", "flip left-right"], ["identity", "flip left-right", "flip up-down", "rotate 180"],
+                      list(views)):
+            print(f"{'mean of ' + ', '.join(group) if len(group) < 8 else 'mean of all 8':40s} "
+                  f"{scores(np.mean([probs[g] for g in group], 0))}")
+        return
+    logits = logits_of(prepared)
     y = np.array([labels.index(t) for t in truth])
     la, ls = np.log(area) - np.log(area).mean(), np.log(side) - np.log(side).mean()
     with_size = np.concatenate([logits, np.stack([la, ls, la ** 2], 1)], 1)

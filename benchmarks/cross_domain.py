@@ -6,8 +6,9 @@ monocyte, neutrophil): PBC-trained models on BCCD (single-WBC test images) and J
 
 Rows:
   source-only          the classifier as trained on PBC (band cell counts as neutrophil)
-  + stain norm (test)  the same classifier, every crop Reinhard-normalized to the PBC train
-                       crops' LAB statistics at inference only (no retraining)
+  + stain norm (test)  the same classifier, every crop Reinhard-normalized to the LAB
+                       statistics of 400 PBC train crops, cut with the mask the classifier was
+                       trained on, at inference only (no retraining)
   + Macenko (test)     the same with Macenko's stain vectors instead
   NAME                 each --refiner NAME=BUNDLE (other recipes: without DANN's partner
                        options, with Reinhard, semi-supervised, ...), in the order given
@@ -80,7 +81,8 @@ def main() -> None:
 
     train = D.split_from_manifest(clf.manifest["split"]["files"], args.data / "pbc", "train")
     train = train[::max(1, len(train) // args.reference_n)]
-    mask_fn = D.centre_mask_function()[0]
+    # cut as the classifier's training crops were (its manifest's crop_mask)
+    mask_fn, _ = D.mask_function(D.mask_source_of(clf.manifest.get("training", {}).get("data", {}).get("crop_mask")))
     crops = [D.centre_crop(load_image(s.path), None, mask_fn)[0] for s in train]
     reference = prepare(crops, clf.input_size, StainNormalizer("none"))
     clf_stain = CellClassifier(clf.model, clf.labels, clf.input_size,

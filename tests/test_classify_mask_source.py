@@ -117,3 +117,26 @@ def test_cli_mask_options_refused_with_a_message(bccd_dir, tmp_path):
                            "--out", tmp_path / "b")
     assert code != 0 and "--mask" in err and not (tmp_path / "b").exists()
 
+
+
+def test_refiner_cuts_pbc_sources_with_its_classifiers_mask(tmp_path):
+    from cvat_tools.train.refiner import RefinerConfig, prepare_domains, source_mask
+
+    from test_classify_data import make_crops
+
+    def trained_on(name):
+        return {"training": {"data": {"crop_mask": name}}}
+
+    cfg = RefinerConfig(source=tmp_path, targets=[tmp_path], out=tmp_path / "ref")
+    assert source_mask(cfg, trained_on("segmenter:d1f4686f82e9")) == "segmenter"
+    assert source_mask(cfg, trained_on("segment.classical.centre_cell_mask")) == "classical"
+    assert source_mask(cfg, None) == "classical"
+    cfg.mask = "classical"  # an explicit --mask wins over the classifier's
+    assert source_mask(cfg, trained_on("segmenter:d1f4686f82e9")) == "classical"
+
+    root = make_crops(tmp_path / "crops", per_class=4)
+    target = make_crops(tmp_path / "target", per_class=2, classes=("lymphocyte",))
+    cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", size=SIZE, mask="segmenter",
+                        progress=False)
+    with pytest.raises(InputError, match="--mask picks how PBC images are cut"):
+        prepare_domains(cfg, None)

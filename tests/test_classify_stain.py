@@ -112,3 +112,24 @@ def test_macenko_leaves_unusable_crops_alone():
                          (norm.stains, [1.0]), ([["x", 0]] * 3, [1, 1]), (norm.stains, [float("nan"), 1])):
         with pytest.raises(BundleError, match="macenko reference"):
             StainNormalizer("macenko", stains=stains, max_conc=conc)
+
+
+def test_grey_keeps_only_luminance_and_survives_augmentation():
+    from cvat_tools.train.augment import augment_batch
+
+    rng = np.random.default_rng(3)
+    purple, disk = _cell(rng, (120, 60, 160))
+    yellow, _ = _cell(rng, (190, 150, 90))
+    norm = StainNormalizer.fit("grey", [purple])
+    out = norm(yellow)
+    assert (out[disk][:, 0] == out[disk][:, 1]).all() and (out[disk][:, 1] == out[disk][:, 2]).all()
+    assert (out[~disk] == BACKGROUND).all()  # background untouched
+    assert not np.array_equal(norm(purple)[disk], out[disk])  # brightness still tells them apart
+    assert StainNormalizer.from_manifest(norm.to_manifest()).method == "grey"
+    # a colour jitter after normalization would teach colour the model never sees at inference
+    jittered = augment_batch(np.stack([out, out]), np.random.default_rng(0), 0.0, 1.0)
+    assert np.abs(jittered[..., 0].astype(int) - jittered[..., 2]).max() > 0
+    again = norm.after_augmentation(jittered)
+    assert (again[..., 0] == again[..., 2]).all()
+    reinhard_norm = StainNormalizer.fit("reinhard", [purple])
+    assert reinhard_norm.after_augmentation(jittered) is jittered  # only grey re-applies itself

@@ -234,3 +234,19 @@ def test_fold_batchnorm_same_outputs_fewer_layers():
     # a BatchNorm that does not follow a convolution cannot be folded: the model comes back as is
     odd = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3)).eval()
     assert fold_batchnorm(odd) is odd
+
+
+def test_refiner_in_grey_sees_no_colour(tiny_classifier, tmp_path):
+    from cvat_tools.classify.stain import grey
+
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
+    cfg = RefinerConfig(source=root, targets=[target], out=tmp_path / "ref", classifier=clf_path,
+                        epochs=1, batch_size=4, max_steps=1, threads=2, progress=False, stain="grey",
+                        stain_random=1.0)
+    ref = Refiner.from_bundle(train_refiner(cfg))
+    assert ref.manifest["stain"]["method"] == "grey" and ref.stain.method == "grey"
+    rng = np.random.default_rng(5)
+    crop = rng.integers(0, 255, (40, 40, 3), np.uint8)
+    a, b = ref.predict([crop, grey(crop)])
+    assert a.probs == pytest.approx(b.probs)  # a crop and its grey version are one input

@@ -2,7 +2,8 @@
 
 Different labs stain and photograph differently (PBC: CellaVision, May-Grünwald-Giemsa;
 BCCD: a phone-grade camera; JTSC: rapid stain on a yellow background). Two methods, each
-fitted on the training crops (the reference) and applied to every crop, training and inference:
+fitted on the training crops (the reference) and applied to every crop, training and inference
+(plus "grey", the ablation with no colour at all: each cell reduced to its luminance):
 
 - Reinhard (2001): each crop's LAB mean and standard deviation moved to the reference's.
 - Macenko (2009): each crop's two stain colours (optical-density vectors, found from the
@@ -24,7 +25,7 @@ import numpy as np
 from ..crops import BACKGROUND
 from ..errors import BundleError
 
-METHODS = ("none", "reinhard", "macenko")
+METHODS = ("none", "reinhard", "macenko", "grey")
 # Macenko: light source intensity, OD norm below which a pixel counts as unstained, angle percentile
 IO = 255.0
 OD_MIN = 0.15
@@ -57,6 +58,16 @@ def reinhard(crop: np.ndarray, ref_mean, ref_std) -> np.ndarray:
     rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
     out = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
     out[~where] = BACKGROUND
+    return out
+
+
+def grey(crop: np.ndarray) -> np.ndarray:
+    """The cell's luminance in all three channels; background unchanged. No colour left to
+    differ between labs: what stays is the nucleus shape, granule texture and density."""
+    where = cell_pixels(crop)
+    out = crop.copy()
+    lum = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
+    out[where] = lum[where][:, None]
     return out
 
 
@@ -165,8 +176,8 @@ class StainNormalizer:
     def fit(cls, method: str, crops) -> "StainNormalizer":
         if method not in METHODS:
             raise BundleError(f"unknown stain normalization {method!r}; use one of {METHODS}")
-        if method == "none":
-            return cls("none")
+        if method in ("none", "grey"):
+            return cls(method)
         if method == "macenko":
             stains, max_conc = macenko_reference(crops)
             return cls(method, stains=stains, max_conc=max_conc)
@@ -178,7 +189,16 @@ class StainNormalizer:
             return reinhard(crop, self.mean, self.std)
         if self.method == "macenko":
             return macenko(crop, self.stains, self.max_conc)
+        if self.method == "grey":
+            return grey(crop)
         return crop
+
+    def after_augmentation(self, batch: np.ndarray) -> np.ndarray:
+        """Training batches, once augmented: colour jitter must not put back the colour that
+        "grey" took out (the model would learn from colour it never sees at inference)."""
+        if self.method != "grey":
+            return batch
+        return np.stack([grey(c) for c in batch])
 
     def to_manifest(self) -> dict:
         entry = {"method": self.method, "reference_lab_mean": self.mean, "reference_lab_std": self.std}

@@ -19,7 +19,7 @@ from ..classify.stain import METHODS as STAIN_METHODS
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--stain", default="none", show_default=True, type=click.Choice(STAIN_METHODS),
-              help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors).")
+              help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors; grey: luminance only, no colour).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Crop cache .npz (made once, then reused).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")

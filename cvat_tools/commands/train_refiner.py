@@ -26,7 +26,7 @@ from ..labels import PRIORS
               help="Weight of information maximization on the target crops (confident, prior-shaped decisions).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--stain", default="reinhard", show_default=True, type=click.Choice(STAIN_METHODS),
-              help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors).")
+              help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors; grey: luminance only, no colour).")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--size", type=click.IntRange(32, 512), help="Input size (default: the classifier's).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2), help="Per domain.")
@@ -41,10 +41,14 @@ from ..labels import PRIORS
               help="Decision prior stored in the bundle: a smear's reference differential, or none (uniform).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Source crop cache .npz (shared with the classifier).")
+@click.option("--mask", "mask", type=click.Choice(["classical", "segmenter"]),
+              help="How PBC source images are cut: the classical centre-cell mask or the shipped Mask R-CNN's "
+                   "centre instance; default: the mask the --classifier bundle was trained on.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
 def refiner(source, targets, target_labels, target_label_share, classifier, out, stain, epochs, size, batch_size, lr,
-            domain_weight, domain_lr_mult, low_res, stain_random, prior, seed, cache, threads, resume, init, target_im):
+            domain_weight, domain_lr_mult, low_res, stain_random, prior, seed, cache, threads, resume, init, target_im,
+            mask):
     """Train the DANN refiner (labels: the shared classes) and write a bundle of kind "refiner"."""
     from ..bundle import shipped_bundle
     from ..train.refiner import RefinerConfig, train_refiner
@@ -54,5 +58,5 @@ def refiner(source, targets, target_labels, target_label_share, classifier, out,
                         target_labels=target_labels, target_label_share=target_label_share, epochs=epochs, size=size, batch_size=batch_size, lr=lr,
                         domain_weight=domain_weight, domain_lr_mult=domain_lr_mult, stain=stain, low_res=low_res,
                         stain_random=stain_random, prior=prior, seed=seed, cache=cache, threads=threads, resume=resume,
-                        init=init, target_im=target_im)
+                        init=init, target_im=target_im, mask=mask)
     click.echo(f"wrote {train_refiner(cfg)}")

@@ -367,7 +367,7 @@ def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Pa
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank)
         for step, batch in enumerate(bar):
             idx = picks[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = batch_tensor(batch, device)
+            x = batch_tensor(data.stain.after_augmentation(batch), device)
             y = torch.from_numpy(train_y[idx]).to(device)
             with autocast:
                 loss = F.cross_entropy(net(x).float(), y, label_smoothing=cfg.label_smoothing)

@@ -61,6 +61,7 @@ class RefinerConfig:
     target_label_share: float = 0.3  # of a class's source draws, the share of its labelled target crops
     seed: int = 0
     cache: Path | None = None
+    mask: str | None = None  # how PBC source images are cut (D.MASK_SOURCES); None: as the classifier was
     resume: bool = False
     threads: int = 1
     max_steps: int | None = None
@@ -100,18 +101,30 @@ def _source_split(cfg: RefinerConfig, classifier_manifest: dict | None) -> dict[
     return D.stratified_split(kept, cfg.seed)
 
 
+def source_mask(cfg: RefinerConfig, classifier_manifest: dict | None) -> str:
+    """The mask that cuts PBC source crops: --mask, else the one the classifier was trained on
+    (the refiner starts from its body, and the pipeline feeds both the same crops)."""
+    if cfg.mask is not None:
+        return cfg.mask
+    recorded = ((classifier_manifest or {}).get("training") or {}).get("data", {}).get("crop_mask")
+    return D.mask_source_of(recorded)
+
+
 def prepare_domains(cfg: RefinerConfig, classifier_manifest: dict | None) -> DomainData:
     """Load and check both domains before training; every failure here names its folder."""
     if not cfg.targets:
         raise InputError("pass at least one --target DIR (unlabelled crops of the other lab)")
+    if cfg.mask not in (None, "classical") and D.dataset_kind(cfg.source) != "pbc":
+        raise InputError("--mask picks how PBC images are cut; crops from --source folders are used as given")
     split = _source_split(cfg, classifier_manifest)
     missing = [lab for lab in cfg.labels if not any(s.label == lab for s in split["train"])]
     if missing:
         raise InputError(f"{cfg.source}: no source training images for {missing}; the refiner needs all of "
                          f"{list(cfg.labels)}")
     pbc_mode = D.dataset_kind(cfg.source) == "pbc"
-    train = D.build_cache(split["train"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress)
-    val = D.build_cache(split["val"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress)
+    mask = source_mask(cfg, classifier_manifest)
+    train = D.build_cache(split["train"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress, mask=mask)
+    val = D.build_cache(split["val"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress, mask=mask)
     targets, target_counts = [], {}
     for root in cfg.targets:
         crops = D.target_crops(root, cfg.size)
@@ -252,6 +265,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
             t_idx = tgt[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             batch = np.concatenate([augment_batch(data.source_x[s_idx], rng, cfg.low_res, cfg.stain_random),
                                     augment_batch(data.target_x[t_idx], rng)])
+            batch = data.stain.after_augmentation(batch)
             logits, dom_logits = model(to_tensor(batch), lam * cfg.domain_weight)
             cls_loss = F.cross_entropy(logits[:cfg.batch_size], torch.from_numpy(data.source_y[s_idx]),
                                        label_smoothing=0.1)
