@@ -48,6 +48,28 @@ def test_dann_domain_gradient_is_reversed_into_features():
     assert grads[0].abs().sum() > 0
 
 
+def test_cdan_discriminator_sees_features_times_class_probabilities():
+    torch.manual_seed(0)
+    k = len(L.SHARED_CLASSES)
+    model = DANN(k, pretrained=False, conditional=True).eval()
+    assert model.domain_head[0].in_features == model.features.num_features * k
+    x = torch.randn(2, 3, 32, 32)
+    logits, dom = model(x, 1.0)
+    assert logits.shape == (2, k) and dom.shape == (2,)
+    # the multilinear map by hand gives the same domain logits
+    f = model.features(x)
+    g = torch.softmax(model.label_head(f), 1)
+    joint = (g[:, :, None] * f[:, None, :]).flatten(1)
+    assert torch.allclose(model.domain_head(joint).squeeze(1), dom, atol=1e-5)
+    grads = []
+    for lam in (1.0, -1.0):  # still reversed into the features
+        model.zero_grad()
+        model(x, lam)[1].sum().backward()
+        grads.append(model.features.conv_stem.weight.grad.clone())
+    assert torch.allclose(grads[0], -grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+    assert model.label_head[1].weight.grad is None  # the class probabilities are detached
+
+
 def _pred(label, score, labels):
     rest = (1 - score) / (len(labels) - 1)
     return Prediction(label, score, {lab: (score if lab == label else rest) for lab in labels})

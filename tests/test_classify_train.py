@@ -250,3 +250,20 @@ def test_refiner_in_grey_sees_no_colour(tiny_classifier, tmp_path):
     crop = rng.integers(0, 255, (40, 40, 3), np.uint8)
     a, b = ref.predict([crop, grey(crop)])
     assert a.probs == pytest.approx(b.probs)  # a crop and its grey version are one input
+
+
+def test_conditional_refiner_bundle_loads_and_refuses_a_dann_init(tiny_classifier, tmp_path):
+    root, clf_path = tiny_classifier
+    target = make_crops(tmp_path / "target", per_class=3, classes=("lymphocyte",))
+    base = dict(source=root, targets=[target], classifier=clf_path, epochs=1, batch_size=4, max_steps=1,
+                threads=2, progress=False)
+    cdan = train_refiner(RefinerConfig(out=tmp_path / "cdan", conditional=True, **base))
+    ref = Refiner.from_bundle(cdan)
+    assert ref.manifest["architecture"]["model"] == "CDAN"
+    assert len(ref.predict([np.full((40, 40, 3), 128, np.uint8)])) == 1
+    dann = train_refiner(RefinerConfig(out=tmp_path / "dann", **base))
+    with pytest.raises(InputError, match="--conditional"):
+        train_refiner(RefinerConfig(out=tmp_path / "bad", init=dann, conditional=True, **base))
+    with pytest.raises(InputError, match="--conditional"):
+        train_refiner(RefinerConfig(out=tmp_path / "bad", init=cdan, **base))
+    assert not (tmp_path / "bad").exists()

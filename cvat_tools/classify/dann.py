@@ -9,6 +9,11 @@ while the label head keeps them useful for the cell class. lambda follows Ganin-
 schedule 2 / (1 + exp(-10 p)) - 1 over training progress p in [0, 1], so the still-random
 discriminator does not disturb the features early on.
 
+With ``conditional`` (CDAN, Long et al. 2018) the discriminator sees the outer product of the
+features and the (detached) class probabilities instead of the features alone, so it aligns
+each class's features across labs rather than the two labs' overall feature clouds (which can
+line up with one lab's eosinophils on the other's basophils).
+
 The refiner's labels are labels.SHARED_CLASSES (no band, no blast: the rule keeps the
 classifier's answer for those). :class:`Refiner` loads a bundle of kind "refiner" and predicts
 like :class:`~cvat_tools.classify.classifier.CellClassifier`.
@@ -54,13 +59,15 @@ class DANN(nn.Module):
     """Feature extractor (EfficientNet-Lite, pooled), label head, domain discriminator."""
 
     def __init__(self, num_classes: int, backbone: str = "efficientnet_lite0", pretrained: bool = True,
-                 hidden: int = 256, drop_rate: float = 0.2):
+                 hidden: int = 256, drop_rate: float = 0.2, conditional: bool = False):
         super().__init__()
         self.features = create_backbone(backbone, pretrained=pretrained, num_classes=0)
         dim = self.features.num_features
+        self.conditional = conditional
         self.label_head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(dim, num_classes))
         self.domain_head = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(hidden, 1))
+            nn.Linear(dim * num_classes if conditional else dim, hidden), nn.ReLU(inplace=True), nn.Dropout(0.3),
+            nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, lambda_: float | None = None):
         """Class logits; with ``lambda_`` also the domain logits behind the gradient reversal."""
@@ -68,6 +75,9 @@ class DANN(nn.Module):
         logits = self.label_head(f)
         if lambda_ is None:
             return logits
+        if self.conditional:  # CDAN's multilinear map: features x class probabilities
+            g = torch.softmax(logits, dim=1).detach()
+            f = torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
         return logits, self.domain_head(grad_reverse(f, lambda_)).squeeze(1)
 
     def init_from_classifier(self, state_dict: dict, labels: list[str], own_labels: list[str]) -> None:
@@ -103,5 +113,5 @@ class Refiner(_BundleModel):
                 )
         arch = bundle.architecture
         model = DANN(len(bundle.labels), arch.get("backbone", "efficientnet_lite0"), pretrained=False,
-                     hidden=arch.get("domain_hidden", 256))
+                     hidden=arch.get("domain_hidden", 256), conditional=arch.get("model") == "CDAN")
         return cls._from_loaded(model, bundle, device)

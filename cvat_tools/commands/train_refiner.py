@@ -24,6 +24,9 @@ from ..labels import PRIORS
               help="Continue from this refiner bundle (same labels, backbone and input size).")
 @click.option("--target-im", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Weight of information maximization on the target crops (confident, prior-shaped decisions).")
+@click.option("--conditional", is_flag=True,
+              help="CDAN (Long et al. 2018): the domain discriminator sees features x class probabilities, "
+                   "aligning each class across labs.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--stain", default="reinhard", show_default=True, type=click.Choice(STAIN_METHODS),
               help="Stain normalization fitted on the training crops (Reinhard: LAB statistics; Macenko: stain vectors; grey: luminance only, no colour).")
@@ -48,7 +51,7 @@ from ..labels import PRIORS
 @click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
 def refiner(source, targets, target_labels, target_label_share, classifier, out, stain, epochs, size, batch_size, lr,
             domain_weight, domain_lr_mult, low_res, stain_random, prior, seed, cache, threads, resume, init, target_im,
-            mask):
+            mask, conditional):
     """Train the DANN refiner (labels: the shared classes) and write a bundle of kind "refiner"."""
     from ..bundle import shipped_bundle
     from ..train.refiner import RefinerConfig, train_refiner
@@ -58,5 +61,6 @@ def refiner(source, targets, target_labels, target_label_share, classifier, out,
                         target_labels=target_labels, target_label_share=target_label_share, epochs=epochs, size=size, batch_size=batch_size, lr=lr,
                         domain_weight=domain_weight, domain_lr_mult=domain_lr_mult, stain=stain, low_res=low_res,
                         stain_random=stain_random, prior=prior, seed=seed, cache=cache, threads=threads, resume=resume,
-                        init=init, target_im=target_im, mask=mask)
+                        init=init, target_im=target_im, mask=mask,
+                        conditional=conditional)
     click.echo(f"wrote {train_refiner(cfg)}")

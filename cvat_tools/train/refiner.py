@@ -4,7 +4,8 @@
             held-out test split stays unseen) [+ a few labelled target crops, --target-labels]
     target: unlabelled crops of other labs (BCCD train+val cells, JTSC, plain crop folders)
     -> optional Reinhard stain normalization to the source's LAB reference (both domains)
-    -> DANN initialized from the trained classifier (body + head rows of the shared classes)
+    -> DANN initialized from the trained classifier (body + head rows of the shared classes;
+       --conditional: CDAN, the discriminator sees features x class probabilities)
     -> each step: equal-size source and target batches, both augmented;
        loss = CE(source labels) + BCE(domain) behind the gradient reversal, lambda on the
        Ganin-Lempitsky schedule [+ --target-im W: information maximization on the target
@@ -46,6 +47,7 @@ class RefinerConfig:
     classifier: Path | None = None  # init + split from this classifier bundle
     init: Path | None = None  # continue from this refiner bundle (same labels, backbone, size)
     target_im: float = 0.0  # weight of the information-maximization loss on target batches
+    conditional: bool = False  # CDAN: the discriminator sees features x class probabilities
     target_labels: Path | None = None  # a few labelled target crops: DIR/<class>/*.png
     epochs: int = 4
     size: int | None = None  # default: the classifier's input size, else 112
@@ -212,6 +214,10 @@ def train_refiner(cfg: RefinerConfig) -> Path:
     start = init_record = None  # a refiner to continue from: refused now, not after the data is loaded
     if cfg.init is not None:
         start = load_bundle(cfg.init, kind="refiner", labels=list(cfg.labels))
+        wanted = "CDAN" if cfg.conditional else "DANN"
+        if start.architecture.get("model", "DANN") != wanted:
+            raise InputError(f"{cfg.init}: a {start.architecture.get('model', 'DANN')} refiner; this run trains a "
+                             f"{wanted} ({'drop' if cfg.conditional else 'add'} --conditional)")
         if (start.architecture.get("backbone") != cfg.backbone
                 or int(start.manifest.get("input_size", 0)) != cfg.size):
             raise InputError(f"{cfg.init}: refiner is {start.architecture.get('backbone')} at "
@@ -222,7 +228,8 @@ def train_refiner(cfg: RefinerConfig) -> Path:
     data = prepare_domains(cfg, classifier.manifest if classifier else None)
     labels = list(cfg.labels)
 
-    model = DANN(len(labels), cfg.backbone, pretrained=cfg.pretrained and classifier is None)
+    model = DANN(len(labels), cfg.backbone, pretrained=cfg.pretrained and classifier is None,
+                 conditional=cfg.conditional)
     if classifier is not None:
         model.init_from_classifier(classifier.state_dict, classifier.labels, labels)
     if start is not None:
@@ -296,7 +303,8 @@ def train_refiner(cfg: RefinerConfig) -> Path:
                         history=history, labels=labels, size=cfg.size)
     return save_bundle(
         cfg.out, "refiner", model.state_dict(), labels,
-        architecture={"backbone": cfg.backbone, "model": "DANN", "domain_hidden": 256, "framework": "timm"},
+        architecture={"backbone": cfg.backbone, "model": "CDAN" if cfg.conditional else "DANN",
+                      "domain_hidden": 256, "framework": "timm"},
         input_size=cfg.size,
         stain=data.stain.to_manifest(),
         decision_prior={"name": cfg.prior, "weights": prior},
