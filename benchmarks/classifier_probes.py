@@ -43,8 +43,7 @@ def val_crops(manifest: dict, pbc: Path):
     from cvat_tools.imaging import load_image
     from cvat_tools.train import classification_data as D
 
-    recorded = manifest.get("training", {}).get("data", {}).get("crop_mask")
-    mask_fn, name = D.mask_function(D.mask_source_of(recorded))
+    mask_fn, name = D.mask_function(D.bundle_mask_source(manifest))
     print(f"cutting PBC val images with {name}")
     crops, truth, area, side, solidity = [], [], [], [], []
     for s in D.split_from_manifest(manifest["split"]["files"], pbc, "val"):

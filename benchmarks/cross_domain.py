@@ -82,7 +82,7 @@ def main() -> None:
     train = D.split_from_manifest(clf.manifest["split"]["files"], args.data / "pbc", "train")
     train = train[::max(1, len(train) // args.reference_n)]
     # cut as the classifier's training crops were (its manifest's crop_mask)
-    mask_fn, _ = D.mask_function(D.mask_source_of(clf.manifest.get("training", {}).get("data", {}).get("crop_mask")))
+    mask_fn, _ = D.mask_function(D.bundle_mask_source(clf.manifest))
     crops = [D.centre_crop(load_image(s.path), None, mask_fn)[0] for s in train]
     reference = prepare(crops, clf.input_size, StainNormalizer("none"))
     clf_stain = CellClassifier(clf.model, clf.labels, clf.input_size,

@@ -140,3 +140,25 @@ def test_refiner_cuts_pbc_sources_with_its_classifiers_mask(tmp_path):
                         progress=False)
     with pytest.raises(InputError, match="--mask picks how PBC images are cut"):
         prepare_domains(cfg, None)
+
+
+def test_refiner_source_crops_are_cut_with_the_classifiers_segmenter_mask(pbc_dir, tmp_path):
+    from cvat_tools import labels as L
+    from cvat_tools.train.refiner import RefinerConfig, prepare_domains
+
+    from test_classify_data import make_crops
+
+    samples = D.pbc_samples(pbc_dir)
+    first = {lab: next(s for s in samples if s.label == lab) for lab in L.SHARED_CLASSES}
+    split = {"train": list(first.values()), "val": [first["lymphocyte"]], "test": [first["monocyte"]]}
+    _, name = D.mask_function("segmenter")
+    manifest = {"split": {"files": D.split_to_manifest(split, pbc_dir)}, "training": {"data": {"crop_mask": name}}}
+    target = make_crops(tmp_path / "target", per_class=2, classes=("lymphocyte",))
+    cfg = RefinerConfig(source=pbc_dir, targets=[target], out=tmp_path / "ref", size=SIZE, stain="none",
+                        progress=False)
+    data = prepare_domains(cfg, manifest)
+    assert data.info["crop_mask"] == name  # the classifier's mask, without being told
+    fn, _ = D.mask_function("segmenter")
+    crop = D.centre_crop(load_image(first["basophil"].path), SIZE, fn)[0]
+    row = list(data.source_y).index(L.SHARED_CLASSES.index("basophil"))
+    assert np.array_equal(data.source_x[row], crop)

@@ -302,6 +302,16 @@ def mask_source_of(crop_mask: str | None) -> str:
     return "segmenter" if (crop_mask or "").startswith(SEGMENTER_MASK_PREFIX) else "classical"
 
 
+def recorded_crop_mask(manifest: dict | None) -> str | None:
+    """The mask name a bundle's manifest records for its PBC training crops (None: not recorded)."""
+    return (((manifest or {}).get("training") or {}).get("data") or {}).get("crop_mask")
+
+
+def bundle_mask_source(manifest: dict | None) -> str:
+    """The mask source (MASK_SOURCES) that cuts PBC crops the way this bundle's were cut."""
+    return mask_source_of(recorded_crop_mask(manifest))
+
+
 def centre_crop(image: np.ndarray, size: int | None, mask_fn=None) -> tuple[np.ndarray, bool]:
     """Masked crop of the centre cell; (crop, True) or, when no mask is found, the centre
     disk of radius 0.3 * the short side (crop, False) so the image is still scored."""

@@ -53,7 +53,7 @@ def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None =
         if missing:
             raise InputError(f"{missing[0]}: listed in the bundle's {split} split but missing; is {data} the PBC folder?")
         # Cut the test crops the way the bundle's training crops were cut (unless told).
-        crop_mask = (manifest or {}).get("training", {}).get("data", {}).get("crop_mask")
+        crop_mask = D.recorded_crop_mask(manifest)
         source = mask or D.mask_source_of(crop_mask)
         mask_fn, mask_name = D.mask_function(source)
         if mask is None and mask_name != crop_mask and source == "segmenter":

@@ -108,8 +108,7 @@ def source_mask(cfg: RefinerConfig, classifier_manifest: dict | None) -> str:
     (the refiner starts from its body, and the pipeline feeds both the same crops)."""
     if cfg.mask is not None:
         return cfg.mask
-    recorded = ((classifier_manifest or {}).get("training") or {}).get("data", {}).get("crop_mask")
-    return D.mask_source_of(recorded)
+    return D.bundle_mask_source(classifier_manifest)
 
 
 def prepare_domains(cfg: RefinerConfig, classifier_manifest: dict | None) -> DomainData:
