@@ -5,6 +5,7 @@
     python benchmarks/classifier_probes.py size [BUNDLE]           # does the cell's size help?
     python benchmarks/classifier_probes.py masks [BUNDLE]          # errors by mask regularity
     python benchmarks/classifier_probes.py tta [BUNDLE]            # test-time flips and rotations
+    python benchmarks/classifier_probes.py input-size [BUNDLE]     # the crops fed at other sizes
 
 Val images are cut with the mask the (first) bundle was trained on (its manifest's
 training.data.crop_mask: classical, or the shipped segmenter's centre instance, ~0.25 s an
@@ -21,6 +22,9 @@ masks     error rate of the bundle by the solidity (area / convex hull area) of 
 tta       a cell has no up or left: macro-F1 of each of the 8 flips/rotations of the crop
           alone, and of the mean probabilities over 2, 4 and all 8 (each costs that many
           forward passes).
+input-size  the same crops resized to 128-224 px instead of the bundle's input size, no
+          retraining: would a larger input see more (a median PBC cell crop is ~170 px
+          across), or did the network learn its objects' apparent size?
 """
 from __future__ import annotations
 
@@ -90,7 +94,7 @@ def cross_validated_f1(features: np.ndarray, y: np.ndarray, labels: list[str], s
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("probe", choices=["ensemble", "size", "masks", "tta"])
+    ap.add_argument("probe", choices=["ensemble", "size", "masks", "tta", "input-size"])
     ap.add_argument("bundles", nargs="*", type=Path)
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc")
     ap.add_argument("--threads", type=int, default=2)
@@ -129,6 +133,16 @@ def main() -> None:
         for lo, hi in ((0, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 1.01)):
             k = (solidity >= lo) & (solidity < hi)
             print(f"solidity {lo:.2f}-{min(hi, 1):.2f}: {k.sum():4d} crops, {wrong[k].mean() if k.any() else 0:.1%} wrong")
+        return
+    if args.probe == "input-size":
+        native = np.array([c.shape[0] for c in crops])
+        print(f"native crop side (px): median {np.median(native):.0f}, 10-90% "
+              f"{np.percentile(native, 10):.0f}-{np.percentile(native, 90):.0f}")
+        trained = m.input_size
+        for size in (128, 144, 160, 176, 192, 224):
+            m.input_size = size
+            probs = np.array([[pred.probs[lab] for lab in labels] for pred in m.predict(crops)])
+            print(f"{size} px{' (trained)' if size == trained else '':34s} {scores(probs)}")
         return
     prepared = prepare(crops, m.input_size, m.stain)
 

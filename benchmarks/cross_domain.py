@@ -2,7 +2,7 @@
 monocyte, neutrophil): PBC-trained models on BCCD (single-WBC test images) and JTSC.
 
     python benchmarks/cross_domain.py [--refiner NAME=BUNDLE ...] [--classifier BUNDLE]
-                                      [--exclude FEW_SHOT_DIR]
+                                      [--exclude FEW_SHOT_DIR] [--adabn] [--bccd-split val]
 
 Rows:
   source-only          the classifier as trained on PBC (band cell counts as neutrophil)
@@ -15,6 +15,10 @@ Rows:
   shipped refiner      cvat_tools/weights/refiner
   rule                 the thesis rule over the classifier and the shipped refiner: what the
                        pipeline outputs
+  ... + AdaBN          (--adabn) source-only and rule again, every BatchNorm's statistics
+                       re-estimated on the lab's unlabelled crops (AdaBN, Li et al. 2016): BCCD
+                       train+val cells for BCCD, JTSC's own crops for JTSC (the refiner's
+                       targets); a test-time adaptation that needs no training
 Each row is scored as trained (prior "none") and under the peripheral-blood prior
 (labels.PERIPHERAL_BLOOD_PRIOR: the adult reference differential, which the shipped refiner
 decides with).
@@ -22,6 +26,7 @@ Crops are cut with the datasets' own masks (crops.cell_crop). The last line coun
 source-only classifier's "platelet" answers over all labelled crops. Macro-F1 is over the classes
 present in each set's truth; a prediction outside the 4 classes is simply wrong. JTSC was seen
 UNLABELLED by the refiners during training (transductive domain adaptation); BCCD test was not.
+--bccd-split val scores BCCD val (the cross-lab selection set) instead of BCCD test.
 --exclude DIR (a folder written by benchmarks/few_shot_crops.py, given to a semi-supervised
 refiner as --target-labels) leaves out the crops whose labels that refiner was trained with.
 """
@@ -32,9 +37,40 @@ import dataclasses
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+
+
+def adabn(wrapper, bundle_path: Path, crops: list, manifest_stain: dict | None, batch: int = 64):
+    """``wrapper`` (CellClassifier or Refiner) over the bundle's network with every BatchNorm's
+    running statistics replaced by those of ``crops`` (cumulative average, no weight changes)."""
+    from cvat_tools.bundle import load_bundle
+    from cvat_tools.classify.classifier import build_classifier, prepare, to_tensor
+    from cvat_tools.classify.dann import build_dann
+    from cvat_tools.classify.stain import StainNormalizer
+
+    bundle = load_bundle(bundle_path, kind=wrapper.kind)
+    model = build_dann(bundle) if wrapper.kind == "refiner" else build_classifier(
+        bundle.architecture.get("backbone", "efficientnet_lite0"), len(bundle.labels), pretrained=False)
+    model.load_state_dict(bundle.state_dict)
+    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: every crop weighs the same
+        m.train()
+    stain = StainNormalizer.from_manifest(manifest_stain)
+    size = bundle.manifest.get("input_size", 128)
+    x = to_tensor(prepare(crops, size, stain))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            model(x[order[start:start + batch]])
+    model.eval()
+    # not _from_loaded: that would load the bundle's statistics back
+    return wrapper(model, bundle.labels, size, stain, manifest=bundle.manifest)
 
 
 def main() -> None:
@@ -47,6 +83,10 @@ def main() -> None:
     ap.add_argument("--exclude", type=Path, default=None, metavar="FEW_SHOT_DIR",
                     help="leave out the crops of this few-shot folder (benchmarks/few_shot_crops.py)")
     ap.add_argument("--reference-n", type=int, default=400, help="PBC train crops for the test-time reference")
+    ap.add_argument("--adabn", action="store_true",
+                    help="add source-only and rule rows with BatchNorm statistics re-estimated per lab")
+    ap.add_argument("--bccd-split", choices=("test", "val"), default="test",
+                    help="BCCD split to score (val: the cross-lab selection set)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,7 +99,8 @@ def main() -> None:
     from cvat_tools.train.classification_eval import load_eval_set, score_predictions
 
     clf = CellClassifier.from_bundle(args.classifier)
-    sets = {"BCCD test": load_eval_set(args.data / "bccd_wbc", "test"),
+    bccd = f"BCCD {args.bccd_split}"
+    sets = {bccd: load_eval_set(args.data / "bccd_wbc", args.bccd_split),
             "JTSC": load_eval_set(args.data / "jtsc_wbc")}
     if args.exclude is not None:
         from few_shot_crops import crop_key
@@ -67,7 +108,7 @@ def main() -> None:
         seen = {p.stem for p in args.exclude.glob("*/*.png")}
         if not seen:
             ap.error(f"--exclude {args.exclude}: no crops there")
-        for name, lab in (("BCCD test", "bccd"), ("JTSC", "jtsc")):
+        for name, lab in ((bccd, "bccd"), ("JTSC", "jtsc")):
             s = sets[name]
             keep = [i for i, n in enumerate(s.names) if crop_key(lab, n) not in seen]
             print(f"{name}: {len(s.names) - len(keep)} few-shot crops left out")
@@ -101,6 +142,16 @@ def main() -> None:
     ref = Refiner.from_bundle(shipped, classifier_labels=clf.labels) if shipped else None
     rows.append(("shipped refiner", ref, None if ref else "not shipped"))
     rows.append(("rule (clf + shipped)", ref, None if ref else "not shipped"))
+    if args.adabn:
+        # each lab's unlabelled crops, the refiners' own targets (classification_data.target_crops)
+        unlabelled = {bccd: D.target_crops(args.data / "bccd_wbc", clf.input_size),
+                      "JTSC": D.target_crops(args.data / "jtsc_wbc", clf.input_size)}
+        clf_path = args.classifier or shipped_bundle("classifier")
+        rows.append(("source-only + AdaBN", {n: adabn(CellClassifier, clf_path, unlabelled[n], clf.manifest.get("stain"))
+                                             for n in sets}, None))
+        if ref:
+            rows.append(("rule (clf + shipped) + AdaBN", {n: adabn(Refiner, shipped, unlabelled[n], ref.manifest.get("stain"))
+                                                          for n in sets}, None))
 
     # Each model twice: as trained (uniform prior: the training sampling was class-balanced) and
     # under the peripheral-blood prior (labels.PERIPHERAL_BLOOD_PRIOR). For the rule row the
@@ -119,9 +170,10 @@ def main() -> None:
             continue
         cells = ""
         for prior in priors:
-            model.set_prior(prior)
             for name, s in sets.items():
-                preds = model.predict(s.crops)
+                lab_model = model[name] if isinstance(model, dict) else model  # AdaBN: one per lab
+                lab_model.set_prior(prior)
+                preds = lab_model.predict(s.crops)
                 labels = [p.label for p in preds]
                 if title.startswith("rule"):
                     labels = [combine(c, r).label for c, r in zip(clf_preds[name], preds)]

@@ -111,7 +111,11 @@ class Refiner(_BundleModel):
                     f"{bundle.path}: refiner labels {unknown} are not in the classifier's label set "
                     f"{list(classifier_labels)}; use a refiner trained for this classifier"
                 )
-        arch = bundle.architecture
-        model = DANN(len(bundle.labels), arch.get("backbone", "efficientnet_lite0"), pretrained=False,
-                     hidden=arch.get("domain_hidden", 256), conditional=arch.get("model") == "CDAN")
-        return cls._from_loaded(model, bundle, device)
+        return cls._from_loaded(build_dann(bundle), bundle, device)
+
+
+def build_dann(bundle) -> DANN:
+    """An untrained DANN (or CDAN) of the shape a refiner bundle's architecture records."""
+    arch = bundle.architecture
+    return DANN(len(bundle.labels), arch.get("backbone", "efficientnet_lite0"), pretrained=False,
+                hidden=arch.get("domain_hidden", 256), conditional=arch.get("model") == "CDAN")
