@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
-def adabn(wrapper, bundle_path: Path, crops: list, manifest_stain: dict | None, batch: int = 64):
+def adabn(wrapper, bundle_path: Path, crops: list, batch: int = 64):
     """``wrapper`` (CellClassifier or Refiner) over the bundle's network with every BatchNorm's
     running statistics replaced by those of ``crops`` (cumulative average, no weight changes)."""
     from cvat_tools.bundle import load_bundle
@@ -61,7 +61,7 @@ def adabn(wrapper, bundle_path: Path, crops: list, manifest_stain: dict | None, 
         m.reset_running_stats()
         m.momentum = None  # cumulative: every crop weighs the same
         m.train()
-    stain = StainNormalizer.from_manifest(manifest_stain)
+    stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
     size = bundle.manifest.get("input_size", 128)
     x = to_tensor(prepare(crops, size, stain))
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -147,10 +147,10 @@ def main() -> None:
         unlabelled = {bccd: D.target_crops(args.data / "bccd_wbc", clf.input_size),
                       "JTSC": D.target_crops(args.data / "jtsc_wbc", clf.input_size)}
         clf_path = args.classifier or shipped_bundle("classifier")
-        rows.append(("source-only + AdaBN", {n: adabn(CellClassifier, clf_path, unlabelled[n], clf.manifest.get("stain"))
+        rows.append(("source-only + AdaBN", {n: adabn(CellClassifier, clf_path, unlabelled[n])
                                              for n in sets}, None))
         if ref:
-            rows.append(("rule (clf + shipped) + AdaBN", {n: adabn(Refiner, shipped, unlabelled[n], ref.manifest.get("stain"))
+            rows.append(("rule (clf + shipped) + AdaBN", {n: adabn(Refiner, shipped, unlabelled[n])
                                                           for n in sets}, None))
 
     # Each model twice: as trained (uniform prior: the training sampling was class-balanced) and
