@@ -47,15 +47,11 @@ def adabn(wrapper, bundle_path: Path, crops: list, batch: int = 64):
     """``wrapper`` (CellClassifier or Refiner) over the bundle's network with every BatchNorm's
     running statistics replaced by those of ``crops`` (cumulative average, no weight changes)."""
     from cvat_tools.bundle import load_bundle
-    from cvat_tools.classify.classifier import build_classifier, prepare, to_tensor
-    from cvat_tools.classify.dann import build_dann
+    from cvat_tools.classify.classifier import prepare, to_tensor
     from cvat_tools.classify.stain import StainNormalizer
 
     bundle = load_bundle(bundle_path, kind=wrapper.kind)
-    model = build_dann(bundle) if wrapper.kind == "refiner" else build_classifier(
-        bundle.architecture.get("backbone", "efficientnet_lite0"), len(bundle.labels), pretrained=False)
-    model.load_state_dict(bundle.state_dict)
-    model.eval()
+    model = wrapper.network(bundle).eval()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
@@ -68,9 +64,7 @@ def adabn(wrapper, bundle_path: Path, crops: list, batch: int = 64):
     with torch.no_grad():
         for start in range(0, len(x), batch):
             model(x[order[start:start + batch]])
-    model.eval()
-    # not _from_loaded: that would load the bundle's statistics back
-    return wrapper(model, bundle.labels, size, stain, manifest=bundle.manifest)
+    return wrapper.from_network(model.eval(), bundle)
 
 
 def main() -> None:

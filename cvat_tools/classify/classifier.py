@@ -122,14 +122,27 @@ class _BundleModel:
         return out
 
     @classmethod
-    def _from_loaded(cls, model: nn.Module, bundle, device: str):
-        """Fill ``model`` from ``bundle`` (refusing weights of another shape) and wrap it."""
+    def build(cls, bundle) -> nn.Module:
+        """An untrained network of the shape the bundle's architecture records."""
+        raise NotImplementedError
+
+    @classmethod
+    def network(cls, bundle) -> nn.Module:
+        """The bundle's trained network as saved (BatchNorm not folded), refusing weights of
+        another shape."""
+        model = cls.build(bundle)
         try:
             model.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
             raise BundleError(
                 f"{bundle.path}: weights do not fit {bundle.architecture} ({str(exc)[:200]})"
             ) from None
+        return model
+
+    @classmethod
+    def from_network(cls, model: nn.Module, bundle, device: str = "cpu"):
+        """Wrap ``model`` (the bundle's network, possibly changed) with the bundle's labels,
+        input size, stain normalization and decision prior."""
         stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
         return cls(model, bundle.labels, bundle.manifest.get("input_size", 128), stain, device, bundle.manifest)
 
@@ -151,6 +164,9 @@ class CellClassifier(_BundleModel):
     @classmethod
     def from_bundle(cls, path=None, device: str = "cpu") -> "CellClassifier":
         bundle = load_bundle(_resolve(path, "classifier"), kind="classifier")
-        arch = bundle.architecture
-        model = build_classifier(arch.get("backbone", "efficientnet_lite0"), len(bundle.labels), pretrained=False)
-        return cls._from_loaded(model, bundle, device)
+        return cls.from_network(cls.network(bundle), bundle, device)
+
+    @classmethod
+    def build(cls, bundle) -> nn.Module:
+        return build_classifier(bundle.architecture.get("backbone", "efficientnet_lite0"), len(bundle.labels),
+                                pretrained=False)

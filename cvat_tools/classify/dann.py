@@ -111,11 +111,10 @@ class Refiner(_BundleModel):
                     f"{bundle.path}: refiner labels {unknown} are not in the classifier's label set "
                     f"{list(classifier_labels)}; use a refiner trained for this classifier"
                 )
-        return cls._from_loaded(build_dann(bundle), bundle, device)
+        return cls.from_network(cls.network(bundle), bundle, device)
 
-
-def build_dann(bundle) -> DANN:
-    """An untrained DANN (or CDAN) of the shape a refiner bundle's architecture records."""
-    arch = bundle.architecture
-    return DANN(len(bundle.labels), arch.get("backbone", "efficientnet_lite0"), pretrained=False,
-                hidden=arch.get("domain_hidden", 256), conditional=arch.get("model") == "CDAN")
+    @classmethod
+    def build(cls, bundle) -> DANN:
+        arch = bundle.architecture  # "model": DANN, or CDAN (--conditional)
+        return DANN(len(bundle.labels), arch.get("backbone", "efficientnet_lite0"), pretrained=False,
+                    hidden=arch.get("domain_hidden", 256), conditional=arch.get("model") == "CDAN")
