@@ -97,7 +97,7 @@ def clean_stale(target: str | Path) -> int:
         path, pid = Path(entry.path), int(match[1])
         marker = read_marker(path)
         if (marker is None or marker.get("pid") != pid or marker.get("host") != host
-                or marker.get("temp_for") != target.name or _alive(pid)):
+                or marker.get("temp_for") not in (None, target.name) or _alive(pid)):
             continue
         held = path / "x"
         if match[2] == "old" and (held.exists() or held.is_symlink()) \
