@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..outdir import check_out
 
 LAST = "last.pt"
+WORK = "train"  # the marker's command in a work folder (written with its first checkpoint)
 _EARLIER_NAMES = ("last.pt", "best.pt")  # what a work folder held before it had the marker
 
 
@@ -36,11 +37,9 @@ def _check_work(work: Path, command: str) -> None:
     if work.is_symlink() or (work.exists() and not work.is_dir()):
         raise InputError(f"{work}: the work folder of --out is not a folder; move it away (nothing was changed)")
     if not work.exists():
-        work.mkdir(parents=True)
-        write_marker(work, command)
         return
     marker = read_marker(work)
-    if marker is not None and marker.get("command") == command:
+    if marker is not None and marker.get("command") == WORK:
         return
     names = [p.name for p in work.iterdir()]
     earlier = all(n in _EARLIER_NAMES or n.startswith(tuple(f".{e}." for e in _EARLIER_NAMES))
@@ -49,7 +48,6 @@ def _check_work(work: Path, command: str) -> None:
         raise InputError(f"{work}: the work folder of --out holds files not written by 'cvat-tools {command}' "
                          f"(no {MARKER} for it); choose another --out, or move that folder away "
                          "(nothing was changed)")
-    write_marker(work, command)  # a work folder from before the marker: adopt it
 
 
 def _plain(obj):
@@ -75,9 +73,16 @@ def _plain(obj):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically; the work folder is made (or adopted, from before the marker) here, so a run
+    refused before its first checkpoint leaves none behind."""
     import torch
 
     from ..atomic import atomic_path
+
+    work = Path(path).parent
+    if read_marker(work) is None:
+        work.mkdir(parents=True, exist_ok=True)
+        write_marker(work, WORK)
     with atomic_path(path) as tmp:
         torch.save(_plain(state), tmp)
 
