@@ -143,6 +143,16 @@ def test_an_out_holding_an_input_is_refused(tmp_path):
     assert (tmp_path / "out" / "later.png").is_file()
 
 
+def test_training_data_inside_out_is_refused(tmp_path):
+    out = _fake_bundle(tmp_path / "b")
+    check_out(out, "train classifier")
+    _tiny_png(out / "crops" / "neutrophil" / "a.png")
+    (out / MARKER).write_text('{"command": "train classifier"}')
+    code, _, err = run_cli("train", "classifier", "--data", out / "crops", "--out", out)
+    _one_line_error(code, err, "holds the input")
+    assert (out / "crops" / "neutrophil" / "a.png").is_file()
+
+
 def test_rerunning_into_its_own_output_replaces_it_whole(tmp_path):
     out = tmp_path / "out"
     for name in ("first", "second"):

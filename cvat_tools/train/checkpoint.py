@@ -21,10 +21,12 @@ WORK = "train"  # the marker's command in a work folder (written with its first 
 _EARLIER_NAMES = ("last.pt", "best.pt")  # what a work folder held before it had the marker
 
 
-def prepare_run(out: Path, work: Path, command: str, resume: bool) -> Path:
-    """Refuse, before any work, an --out or work folder that is not this command's, and a
-    --resume with nothing to resume from. Returns the checkpoint path (work/last.pt)."""
-    check_out(out, command)
+def prepare_run(out: Path, work: Path, command: str, resume: bool, inputs=()) -> Path:
+    """Refuse, before any work, an --out or work folder that is not this command's (or that
+    holds one of the run's ``inputs``), and a --resume with nothing to resume from. Returns
+    the checkpoint path (work/last.pt)."""
+    inputs = [p for p in inputs if p is not None]
+    check_out(out, command, inputs=inputs)
     _check_work(work, command)
     last = work / LAST
     if resume and not last.is_file():

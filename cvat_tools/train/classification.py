@@ -311,7 +311,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     cfg.device = validate_device(cfg.device)
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes --out and the work folder
-        prepare_run(cfg.out, cfg.work_dir, "train classifier", cfg.resume)
+        prepare_run(cfg.out, cfg.work_dir, "train classifier", cfg.resume,
+                    inputs=[cfg.data, cfg.pbc, cfg.packed, cfg.init, cfg.cache])
     data = prepare_data(cfg)
     batches = BatchMaker(data.crops["train"].images, cfg.workers, cfg.low_res, cfg.stain_random)
     try:

@@ -198,7 +198,8 @@ def im_loss(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
 def train_refiner(cfg: RefinerConfig) -> Path:
     from .checkpoint import prepare_run
 
-    prepare_run(cfg.out, cfg.work_dir, "train refiner", cfg.resume)
+    prepare_run(cfg.out, cfg.work_dir, "train refiner", cfg.resume,
+                inputs=[cfg.source, *cfg.targets, cfg.target_labels, cfg.classifier, cfg.init, cfg.cache])
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     classifier = load_bundle(cfg.classifier, kind="classifier") if cfg.classifier else None

@@ -122,7 +122,8 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
     cfg.device = validate_device(cfg.device)
     ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes --out and the work folder
-        prepare_run(Path(cfg.out), ckpt_dir, "train segmenter", cfg.resume)
+        prepare_run(Path(cfg.out), ckpt_dir, "train segmenter", cfg.resume,
+                    inputs=[cfg.data, cfg.val, cfg.pseudo_labels])
     torch.set_num_threads(cfg.threads)
     rank, world = _dist_setup(cfg.device)
     random.seed(cfg.seed + rank)
