@@ -367,3 +367,15 @@ def test_valid_devices_pass():
     for bad in ("cuda:", "cuda:x", "gpu", "cpu:0", "mps"):
         with pytest.raises(InputError):
             validate_device(bad)
+
+
+def test_cuda_index_is_checked_against_the_visible_gpus(monkeypatch):
+    import torch
+
+    from cvat_tools.devices import validate_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert validate_device("cuda") == "cuda" and validate_device("cuda:0") == "cuda:0"
+    with pytest.raises(InputError, match="only 1 CUDA device"):
+        validate_device("cuda:1")
