@@ -150,7 +150,7 @@ def atomic_dir(target: str | Path, overwrite: bool = True, command: str | None =
         write_marker(tmp, command, temp_for=target.name)
         yield tmp
         if command is None:
-            (tmp / MARKER).unlink()
+            (tmp / MARKER).unlink(missing_ok=True)
         else:
             write_marker(tmp, command)  # the output's own marker: no temp_for, never cleaned
         if target.exists() or target.is_symlink():

@@ -24,7 +24,7 @@ from ..devices import device_option
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Crop cache .npz (made once, then reused).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")
-@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt (an error when there is none).")
 @click.option("--init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this classifier bundle (same labels; a larger --size fine-tunes it).")
 @click.option("--low-res", default=0.0, show_default=True, type=click.FloatRange(0, 1),

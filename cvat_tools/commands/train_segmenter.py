@@ -45,7 +45,7 @@ def _load_recipe(path: str | None) -> dict:
               help="cpu, cuda or cuda:N")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML recipe (training/segmenter.yaml); command-line options override it")
-@click.option("--resume", is_flag=True, help="continue from <out>.ckpt/last.pt")
+@click.option("--resume", is_flag=True, help="continue from <out>.ckpt/last.pt (an error when there is none)")
 @click.option("--max-train-images", type=int, default=None, hidden=True)
 @click.option("--max-val-images", type=int, default=None, hidden=True)
 def segmenter(**options):
