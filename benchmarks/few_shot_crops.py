@@ -39,7 +39,7 @@ def main() -> None:
     from cvat_tools.train import classification_data as D
 
     rng = np.random.default_rng(args.seed)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, command="benchmarks/few_shot_crops.py") as tmp:  # never replaces a foreign folder
         for lab in args.labs.split(","):
             if lab == "bccd":
                 crops = D.bccd_crops(args.data / "bccd_wbc", ("train",), labelled_only=True)

@@ -1,48 +1,164 @@
-"""Outputs appear whole or not at all: write beside the target, then rename."""
+"""Outputs appear whole or not at all: write beside the target, then rename.
+
+Every temporary folder is named ``.<target>.<pid>.<hex>.tmp`` (or ``.old`` while a swap is
+under way) and holds a marker file (:data:`MARKER`) naming its process and host. A run killed
+half-way leaves such folders behind; the next run writing the same target removes them, and
+only them: matching name, our marker, a process that is gone. A run killed between the two
+renames of a swap left the previous output in ``.old/x``: the next run puts it back.
+
+Folders are made with mode 0o777 and files with 0o666, so the user's umask decides (the
+``tempfile`` functions would make them private, 0700/0600, whatever the umask says).
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from pathlib import Path
 from typing import Iterator
+
+MARKER = ".cvat-tools-output"
+_MARKER_MAX_BYTES = 64 * 1024
+
+
+def _marker_body(command: str | None, temp_for: str | None = None) -> dict:
+    from . import __version__
+
+    body = {"command": command, "cvat_tools_version": __version__,
+            "pid": os.getpid(), "host": socket.gethostname()}
+    if temp_for is not None:
+        body["temp_for"] = temp_for
+    return body
+
+
+def write_marker(folder: Path, command: str | None, temp_for: str | None = None) -> None:
+    (folder / MARKER).write_text(json.dumps(_marker_body(command, temp_for)) + "\n", encoding="utf-8")
+
+
+def read_marker(folder: str | Path) -> dict | None:
+    """The marker of a folder this tool wrote, or None (absent, a link, unreadable, foreign)."""
+    from .errors import InputError
+    from .guarded import load_json
+
+    path = Path(folder) / MARKER
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        body = load_json(path, max_bytes=_MARKER_MAX_BYTES, max_depth=4)
+    except (InputError, OSError):
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("command", ""), (str, type(None))):
+        return None
+    return body
+
+
+def _new_dir(parent: Path, name: str, kind: str) -> Path:
+    while True:
+        path = parent / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+        try:
+            os.mkdir(path, 0o777)  # the umask applies (mkdtemp would force 0700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process: not ours to judge
+    return True
+
+
+def clean_stale(target: str | Path) -> int:
+    """Remove what killed runs left for ``target``; put back an output lost mid-swap.
+
+    Returns how many leftovers were handled."""
+    target = Path(target)
+    parent = target.parent
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]+\.(tmp|old)")
+    try:
+        entries = sorted(os.scandir(parent), key=lambda e: e.name)
+    except OSError:
+        return 0
+    host, done = socket.gethostname(), 0
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+            continue
+        path, pid = Path(entry.path), int(match[1])
+        marker = read_marker(path)
+        if (marker is None or marker.get("pid") != pid or marker.get("host") != host
+                or marker.get("temp_for") not in (None, target.name) or _alive(pid)):
+            continue
+        held = path / "x"
+        if match[2] == "old" and (held.exists() or held.is_symlink()) \
+                and not (target.exists() or target.is_symlink()):
+            os.replace(held, target)  # killed between the two renames: the previous output returns
+        shutil.rmtree(path, ignore_errors=True)
+        done += 1
+    return done
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path beside ``target``; it replaces ``target`` on success."""
+    """Yield a temporary file path beside ``target``; it replaces ``target`` on success.
+
+    The file exists (empty) and has ``target``'s name, inside a private temporary folder."""
+    from .errors import InputError
+
     target = Path(target)
+    if target.is_dir() and not target.is_symlink():
+        raise InputError(f"{target}: is a folder; give a file name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    clean_stale(target)
+    folder = _new_dir(target.parent, target.name, "tmp")
     try:
+        write_marker(folder, None, temp_for=target.name)
+        tmp_path = folder / target.name
+        tmp_path.open("x").close()
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(target: str | Path, overwrite: bool = True, command: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; it becomes ``target`` on success.
 
-    An existing ``target`` is replaced only after the new one is complete.
-    """
+    An existing ``target`` is replaced only after the new one is complete. With ``command``
+    (a CLI output folder) the result carries the marker naming it, and ``target`` is replaced
+    only when :func:`cvat_tools.outdir.check_out` allows it (checked on entry and again just
+    before the swap)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_stale(target)
+    if command is not None:
+        from .outdir import check_out
+        check_out(target, command)
+    tmp = _new_dir(target.parent, target.name, "tmp")
     try:
+        write_marker(tmp, command, temp_for=target.name)
         yield tmp
-        if target.exists():
+        if command is None:
+            (tmp / MARKER).unlink(missing_ok=True)
+        else:
+            write_marker(tmp, command)  # the output's own marker: no temp_for, never cleaned
+        if target.exists() or target.is_symlink():
             if not overwrite:
                 raise FileExistsError(f"{target} exists; remove it or choose another --out")
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if command is not None:
+                check_out(target, command)
+            _swap(tmp, target)
         else:
             os.replace(tmp, target)
     finally:
@@ -50,10 +166,27 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _swap(new: Path, target: Path) -> None:
+    from .errors import CvatToolsError
+
+    old = _new_dir(target.parent, target.name, "old")
+    write_marker(old, None, temp_for=target.name)
+    try:
+        os.replace(target, old / "x")
+    except OSError as exc:
+        shutil.rmtree(old, ignore_errors=True)
+        raise CvatToolsError(f"{target}: cannot be replaced ({exc.strerror or exc}); it was left as it was") from None
+    try:
+        os.replace(new, target)
+    except OSError as exc:
+        os.replace(old / "x", target)
+        shutil.rmtree(old, ignore_errors=True)
+        raise CvatToolsError(f"{target}: cannot be replaced ({exc.strerror or exc}); it was left as it was") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_json(path: str | Path, obj, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (UTF-8)."""
-    import json
-
     path = Path(path)
     with atomic_path(path) as tmp:
         text = json.dumps(obj, indent=indent)

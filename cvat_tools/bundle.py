@@ -76,7 +76,8 @@ def save_bundle(
             value = value.detach().to(torch.float16)
         tensors[key] = value.detach().cpu() if torch.is_tensor(value) else value
     path = Path(path)
-    with atomic_dir(path) as tmp:
+    # refuses (before writing) a folder that is not an earlier bundle of this kind
+    with atomic_dir(path, command=f"train {kind}") as tmp:
         buffer = io.BytesIO()
         torch.save(tensors, buffer)
         (tmp / WEIGHTS).write_bytes(buffer.getvalue())

@@ -141,7 +141,7 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path, bccd_dir, weights_dir):
     (foreign / "thesis.docx").write_text("precious")
     code, _, stderr = run("predict", bccd_dir / "images" / GOOD[0], "--out", foreign,
                           "--weights", weights_dir)
-    assert code == 2 and "not a 'cvat-tools predict' output" in stderr
+    assert code == 2 and "not written by 'cvat-tools predict'" in stderr
     assert (foreign / "thesis.docx").read_text() == "precious"
 
 

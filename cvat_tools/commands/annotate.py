@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..devices import device_option
 from ..errors import CvatToolsError
 
 ENV_TOKEN = "CVAT_ACCESS_TOKEN"
@@ -89,7 +90,8 @@ def connect(host: str, login: dict):
 @click.option("--segmenter", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, callback=device_option,
+              help="cpu, cuda or cuda:N.")
 def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_unmatched_labels,
              weights, segmenter, classifier, refiner, device):
     """Pre-label every frame of a CVAT task with masks, cell types and review flags.

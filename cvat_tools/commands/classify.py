@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+HEADER = ["file", "label", "score", "top3"]
+
 
 @click.command("classify")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -22,7 +24,9 @@ def classify(images, out, bundle, mask_centre, batch_size):
     from ..classify.classifier import CellClassifier
     from ..errors import ImageError, InputError
     from ..imaging import list_images, load_image
+    from ..outdir import check_out_file
 
+    check_out_file(out, ",".join(HEADER), "a CSV written by 'cvat-tools classify'")
     model = CellClassifier.from_bundle(bundle)
     files: list[Path] = []
     for p in images:
@@ -48,7 +52,7 @@ def classify(images, out, bundle, mask_centre, batch_size):
     with atomic_path(out) as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["file", "label", "score", "top3"])
+            writer.writerow(HEADER)
             for path, pred in zip(good, preds):
                 top3 = ";".join(f"{lab}:{p:.4f}" for lab, p in pred.top(3))
                 writer.writerow([str(path), pred.label, f"{pred.score:.4f}", top3])

@@ -16,7 +16,7 @@ from ..errors import InputError
 @click.command("crop")
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="output folder (replaced as a whole when done)")
+              help="output folder: new, or an earlier crop output (replaced as a whole when done)")
 @click.option("--size", type=int, default=None, help="resize each crop to SIZE x SIZE px")
 @click.option("--keep-background", is_flag=True, help="keep the context around the cell (no masking)")
 def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool):
@@ -29,18 +29,22 @@ def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool):
     from ..crops import BACKGROUND, cell_crop
     from ..errors import ImageError
     from ..imaging import list_images, load_image
+    from ..outdir import check_out
     from ..segment.classical import centre_cell_mask
 
     src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()
     if dst == src or src in dst.parents:
         raise InputError(f"--out {out_dir} is inside IN_DIR; choose a folder outside it")
+    if dst in src.parents:
+        raise InputError(f"--out {out_dir} contains IN_DIR; choose a folder outside it")
+    check_out(out_dir, "crop")
     if size is not None and size < 8:
         raise InputError(f"--size {size} is too small; use at least 8 px")
     images = list_images(src)
     if not images:
         raise InputError(f"{in_dir}: no images found (jpg, png, tif, bmp, webp)")
     failed: list[tuple[Path, str]] = []
-    with atomic_dir(dst) as tmp:
+    with atomic_dir(dst, command="crop") as tmp:
         for path in tqdm(images, desc="crop", unit="img", dynamic_ncols=True):
             rel = path.relative_to(src)
             try:

@@ -1,6 +1,7 @@
 """``cvat-tools evaluate segmenter``: mask AP, box AP50 and Dice on held-out data."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def evaluate(segmenter, samples, single_cell: bool, overlays: Path | None = None
 @click.option("--classical", is_flag=True, help="also (or only) score the classical watershed segmenter")
 @click.option("--split", default=None, help="BCCD: split to score (default test)")
 @click.option("--overlays", type=click.Path(file_okay=False), default=None,
-              help="write overlay PNGs (ground truth blue, prediction green) here")
+              help="write overlay PNGs (ground truth blue, prediction green) to this folder "
+                   "(new, or an earlier --overlays folder: replaced as a whole)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="also write the scores as JSON")
 @click.option("--limit", type=int, default=None, help="score only the first N images")
 @click.option("--threads", type=int, default=2, help="CPU threads for the model")
@@ -76,11 +78,15 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
     mean Dice of each ground-truth cell with its best prediction (score >= 0.5)."""
     import torch
 
-    from ..atomic import atomic_path
+    from ..atomic import atomic_dir, atomic_path
     from ..segment.base import load_segmenter
     from ..segment.classical import ClassicalSegmenter
     from ..train.segmentation_data import detect_format, read_samples
 
+    if overlays:
+        from ..outdir import check_out
+
+        check_out(overlays, "evaluate segmenter", flag="--overlays", inputs=[data])
     torch.set_num_threads(threads)
     fmt = detect_format(data)
     if fmt == "bccd":
@@ -95,9 +101,11 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
         segmenters.append(load_segmenter(None))
     single_cell = fmt == "jtsc"
     results = {}
-    for seg in segmenters:
-        key = seg.name if seg.name not in results else f"{seg.name}#{len(results)}"
-        results[key] = evaluate(seg, samples, single_cell, Path(overlays) if overlays else None, limit)
+    written = atomic_dir(overlays, command="evaluate segmenter") if overlays else contextlib.nullcontext()
+    with written as folder:
+        for seg in segmenters:
+            key = seg.name if seg.name not in results else f"{seg.name}#{len(results)}"
+            results[key] = evaluate(seg, samples, single_cell, folder, limit)
     where = f"{data}" + (f" [{split}]" if split else "")
     click.echo(f"segmentation scores on {where}" + (" (single cells, upscaled x1.67 onto a 640x480 field)" if single_cell else ""))
     cols = ["images", "cells", "mask_AP", "mask_AP50", "mask_AP75", "box_AP50", "mean_dice", "seconds_per_image"]

@@ -92,12 +92,9 @@ def _label_folder(label: str) -> str:
 
 
 def _check_out(out: Path, sources: list[Path]) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"--out {out}: is a file; choose a folder")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise InputError(f"--out {out}: exists and is not an earlier export (no {MANIFEST}); "
-                             "choose a new folder, nothing was replaced")
+    from ..outdir import check_out
+
+    check_out(out, "export")
     resolved = out.resolve()
     for src in sources:
         src = src.resolve()
@@ -179,7 +176,7 @@ def run_export(
         repaired = []
         out_names = _output_names([im.name for im in dataset.images])
 
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, command="export") as tmp:
             for sub in ("images", "masks") + (("crops",) if crops else ()):
                 (tmp / sub).mkdir()
             ann_id = 1

@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from ..atomic import atomic_dir
+from ..devices import device_option
 from ..errors import CvatToolsError, InputError
 from ..formats.annotations import Dataset, ImageAnnotation, Instance, Mask
 from ..imaging import IMAGE_SUFFIXES, list_images, load_image
@@ -36,7 +37,7 @@ FORMATS = {  # --format -> what is written under OUT
     "json": "annotations.json",
     "yolo": "yolo",
 }
-MARKER = "predict.json"  # marks OUT as ours: only such a folder may be replaced
+MARKER = "predict.json"  # the run's summary (atomic.MARKER is what marks OUT as ours)
 
 
 @dataclass
@@ -71,13 +72,11 @@ def collect_inputs(paths: tuple[str, ...]) -> tuple[list[ImageInput], list[str]]
     return found, bad
 
 
-def check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier predict output."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise InputError(
-            f"{out}: exists and is not a 'cvat-tools predict' output folder; choose a new or "
-            "empty --out (it is replaced as a whole)"
-        )
+def check_out(out: Path, inputs=()) -> None:
+    """Refuse to replace a folder that is not an earlier predict output, or holds an input."""
+    from ..outdir import check_out as check_out_dir
+
+    check_out_dir(out, "predict", inputs=inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +231,8 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
 @click.option("--prior", type=click.Choice(["bundle", *PRIORS]), default="bundle",
               show_default=True, help="Refiner's decision prior: the bundle's own (shipped: the adult "
               "peripheral-blood differential), or none (all classes equally likely: e.g. a leukaemia smear).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, callback=device_option,
+              help="cpu, cuda or cuda:N.")
 @click.pass_context
 def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
             refiner, prior, device):
@@ -241,7 +241,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
 
     from ..pipeline import Pipeline, label_specs
 
-    check_out(out)
+    check_out(out, inputs)
     images, failures = collect_inputs(inputs)
     if not images:
         raise InputError("no image among the inputs: " + "; ".join(failures))
@@ -252,7 +252,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
     dataset = Dataset(labels=label_specs())
     class_order = [spec.name for spec in dataset.labels]
     colors = _palette(class_order)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, command="predict") as tmp:
         if overlay:
             (tmp / "overlays").mkdir()
         for item in tqdm(images, desc="predict", unit="image", disable=None):

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..classify.stain import METHODS as STAIN_METHODS
+from ..devices import device_option
 
 
 @click.command("classifier")
@@ -23,7 +24,7 @@ from ..classify.stain import METHODS as STAIN_METHODS
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(path_type=Path), help="Crop cache .npz (made once, then reused).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads.")
-@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt (an error when there is none).")
 @click.option("--init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this classifier bundle (same labels; a larger --size fine-tunes it).")
 @click.option("--low-res", default=0.0, show_default=True, type=click.FloatRange(0, 1),
@@ -33,7 +34,8 @@ from ..classify.stain import METHODS as STAIN_METHODS
 @click.option("--mask", "mask", default="classical", show_default=True, type=click.Choice(["classical", "segmenter"]),
               help="How PBC images are cut: the classical centre-cell mask, or the shipped Mask R-CNN's "
                    "centre instance (the crops the pipeline feeds the classifier; ~0.25 s per image).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (bf16 autocast).")
+@click.option("--device", default="cpu", show_default=True, callback=device_option,
+              help="cpu, or cuda (bf16 autocast).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="Processes that augment batches (a GPU outruns one core); results do not depend on it.")
 @click.option("--pack-to", type=click.Path(dir_okay=False, path_type=Path),

@@ -48,7 +48,7 @@ from ..labels import PRIORS
               help="How PBC source images are cut: the classical centre-cell mask or the shipped Mask R-CNN's "
                    "centre instance; default: the mask the --classifier bundle was trained on.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.work/last.pt (an error when there is none).")
 def refiner(source, targets, target_labels, target_label_share, classifier, out, stain, epochs, size, batch_size, lr,
             domain_weight, domain_lr_mult, low_res, stain_random, prior, seed, cache, threads, resume, init, target_im,
             mask, conditional):

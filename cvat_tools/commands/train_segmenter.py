@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..devices import device_option
 from ..errors import InputError
 
 
@@ -40,10 +41,11 @@ def _load_recipe(path: str | None) -> dict:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-@click.option("--device", default=None, help="cpu or cuda")
+@click.option("--device", default=None, callback=device_option,
+              help="cpu, cuda or cuda:N")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML recipe (training/segmenter.yaml); command-line options override it")
-@click.option("--resume", is_flag=True, help="continue from <out>.ckpt/last.pt")
+@click.option("--resume", is_flag=True, help="continue from <out>.ckpt/last.pt (an error when there is none)")
 @click.option("--max-train-images", type=int, default=None, hidden=True)
 @click.option("--max-val-images", type=int, default=None, hidden=True)
 def segmenter(**options):

@@ -265,17 +265,15 @@ class BatchMaker:
 # --- checkpoints ----------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, **state) -> None:
-    from ..atomic import atomic_path
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    from .checkpoint import save_checkpoint as save
+    save(path, state)
 
 
 def load_checkpoint(path: Path, labels: list[str], size: int) -> dict:
-    """A run's last checkpoint, refused when it was made for other labels or input size."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot resume from this checkpoint ({exc}); delete it to start over") from None
+    """A run's last checkpoint (tensors and plain data only), refused when it was made for
+    other labels or input size."""
+    from .checkpoint import load_checkpoint as load
+    ckpt = load(path)
     if ckpt.get("labels") != labels or ckpt.get("size") != size:
         raise InputError(f"{path}: checkpoint was made for other labels or size; drop --resume")
     return ckpt
@@ -307,9 +305,14 @@ def init_provenance(path: Path | None) -> dict | None:
 # --- the loop -------------------------------------------------------------------------------
 
 def train_classifier(cfg: ClassifierConfig) -> Path:
+    from ..devices import validate_device
+    from .checkpoint import prepare_run
+
     torch.set_num_threads(cfg.threads)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible here; use --device cpu")
+    cfg.device = validate_device(cfg.device)
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes --out and the work folder
+        prepare_run(cfg.out, cfg.work_dir, "train classifier", cfg.resume,
+                    inputs=[cfg.data, cfg.pbc, cfg.packed, cfg.init, cfg.cache])
     data = prepare_data(cfg)
     batches = BatchMaker(data.crops["train"].images, cfg.workers, cfg.low_res, cfg.stain_random)
     try:
@@ -348,7 +351,7 @@ def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Pa
     work = cfg.work_dir
     ckpt_path = work / "last.pt"
     start_epoch, best_f1, best_state, history = 0, -1.0, None, []
-    if cfg.resume and ckpt_path.is_file():
+    if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, labels, cfg.size)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

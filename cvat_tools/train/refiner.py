@@ -196,6 +196,10 @@ def im_loss(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
 
 
 def train_refiner(cfg: RefinerConfig) -> Path:
+    from .checkpoint import prepare_run
+
+    prepare_run(cfg.out, cfg.work_dir, "train refiner", cfg.resume,
+                inputs=[cfg.source, *cfg.targets, cfg.target_labels, cfg.classifier, cfg.init, cfg.cache])
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     classifier = load_bundle(cfg.classifier, kind="classifier") if cfg.classifier else None
@@ -248,7 +252,7 @@ def train_refiner(cfg: RefinerConfig) -> Path:
 
     ckpt_path = cfg.work_dir / "last.pt"
     start_epoch, history = 0, []
-    if cfg.resume and ckpt_path.is_file():
+    if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, labels, cfg.size)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -116,6 +116,14 @@ def _lr_at(it: int, total: int, cfg: SegTrainConfig) -> float:
 
 def train_segmenter(cfg: SegTrainConfig) -> Path:
     """Train and write the best epoch's bundle to ``cfg.out``; returns its path."""
+    from ..devices import validate_device
+    from .checkpoint import load_checkpoint, prepare_run, save_checkpoint
+
+    cfg.device = validate_device(cfg.device)
+    ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes --out and the work folder
+        prepare_run(Path(cfg.out), ckpt_dir, "train segmenter", cfg.resume,
+                    inputs=[cfg.data, cfg.val, cfg.pseudo_labels])
     torch.set_num_threads(cfg.threads)
     rank, world = _dist_setup(cfg.device)
     random.seed(cfg.seed + rank)
@@ -156,12 +164,10 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
     params = [p for p in model.parameters()]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-    ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     start_epoch, it, best = 0, 0, {"score": -1.0, "epoch": -1, "metrics": {}}
-    if cfg.resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    if cfg.resume:
+        state = load_checkpoint(last)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, it, best = state["epoch"] + 1, state["iteration"], state["best"]
@@ -207,10 +213,10 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
             history.append(record)
             if score >= best["score"]:
                 best = {"score": score, "epoch": epoch, "metrics": record.get("val", {})}
-                torch.save(_unwrap(model).state_dict(), best_path)
+                save_checkpoint(best_path, _unwrap(model).state_dict())
             best["history"] = history
-            torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch, "iteration": it, "best": best}, last)
+            save_checkpoint(last, {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                   "epoch": epoch, "iteration": it, "best": best})
     if world > 1:
         import torch.distributed as dist
 

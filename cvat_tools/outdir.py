@@ -1,0 +1,87 @@
+"""The one ``--out`` policy of every command that writes a folder.
+
+``--out`` must be a new folder, an empty one, or a folder the same command wrote earlier
+(it carries :data:`cvat_tools.atomic.MARKER` naming the command); only then is it replaced,
+whole, once the new output is complete. Anything else is refused up front, before any work,
+so a typo in ``--out`` never costs the user a folder. Bundles written before the marker
+existed (the shipped weights) are recognised by their manifest and checksum instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .atomic import MARKER, clean_stale, read_marker
+from .errors import InputError
+
+
+def check_out(out: str | Path, command: str, flag: str = "--out", inputs=()) -> None:
+    """Raise InputError unless ``command`` may write (or replace) the folder ``out``.
+
+    ``inputs`` (files or folders the command reads) must not lie inside ``out``: replacing it
+    would delete them. Also removes what killed earlier runs into ``out`` left behind (see
+    atomic.clean_stale)."""
+    out = Path(out)
+    keep = "nothing was changed"
+    resolved = out.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == resolved or resolved in source.parents:
+            raise InputError(f"{flag} {out}: holds the input {source}; choose a folder outside it ({keep})")
+    clean_stale(out)
+    if out.is_symlink():
+        raise InputError(f"{flag} {out}: is a symbolic link; give the real folder ({keep})")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"{flag} {out}: is a file; choose a folder ({keep})")
+    try:
+        empty = not any(out.iterdir())
+    except OSError as exc:
+        raise InputError(f"{flag} {out}: cannot be read ({exc.strerror or exc}); choose another folder") from None
+    if empty:
+        return
+    marker = read_marker(out)
+    if marker is not None and marker.get("command"):
+        if marker["command"] == command:
+            return
+        raise InputError(f"{flag} {out}: holds the output of 'cvat-tools {marker['command']}', not of "
+                         f"'cvat-tools {command}'; choose another folder ({keep})")
+    if command.startswith("train ") and _earlier_bundle(out, command.split()[1]):
+        return
+    raise InputError(f"{flag} {out}: exists and was not written by 'cvat-tools {command}' (no {MARKER} "
+                     f"file in it); choose a new folder, or empty this one yourself ({keep})")
+
+
+def _earlier_bundle(folder: Path, kind: str) -> bool:
+    """A bundle of ``kind`` exactly as save_bundle wrote it before bundles had the marker:
+    manifest.json + weights.pt only, and the weights match the manifest's checksum."""
+    from .bundle import MANIFEST, WEIGHTS, _sha256
+    from .guarded import load_json
+
+    names = {p.name for p in folder.iterdir()}
+    if names != {MANIFEST, WEIGHTS} or any((folder / n).is_symlink() for n in names):
+        return False
+    try:
+        manifest = load_json(folder / MANIFEST, max_bytes=16 * 2**20)
+    except InputError:
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == "cvat-tools-bundle"
+            and manifest.get("kind") == kind and isinstance(manifest.get("weights"), dict)
+            and manifest["weights"].get("sha256") == _sha256(folder / WEIGHTS))
+
+
+def check_out_file(out: str | Path, header: str, what: str, flag: str = "--out") -> None:
+    """A file output (a CSV): refuse a folder, and an existing file that does not start with
+    the ``header`` line this tool writes (someone else's file, not ours to replace)."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{flag} {out}: is a folder; give a file name such as {out / 'out.csv'}")
+    if out.exists():
+        try:
+            with open(out, "rb") as fh:
+                first = fh.readline(len(header) + 2)
+        except OSError as exc:
+            raise InputError(f"{flag} {out}: cannot be read ({exc.strerror or exc})") from None
+        if first.rstrip(b"\r\n") != header.encode():
+            raise InputError(f"{flag} {out}: exists and is not {what}; choose a new file name "
+                             "(nothing was changed)")
