@@ -35,6 +35,9 @@ from .annotations import (
 )
 
 MAX_XML_BYTES = 512 * 1024 * 1024
+# Decoded mask pixels one file may hold in memory (1 byte each): a few bytes of XML can
+# declare masks of any size, so the readers count what they decode.
+MAX_TOTAL_MASK_PIXELS = 256_000_000
 _UNSUPPORTED = ("polyline", "ellipse", "cuboid", "skeleton", "tag")
 
 
@@ -71,8 +74,9 @@ def parse_cvat_xml(data: bytes | str, name: str = "<xml>") -> Dataset:
     if root.find("track") is not None:
         dataset.skipped.append({"image": "", "label": "", "reason": "tracks (video mode) are not read; "
                                 "export as 'CVAT for images 1.1'"})
+    budget = [MAX_TOTAL_MASK_PIXELS]
     for index, el in enumerate(root.iter("image")):
-        dataset.images.append(_read_image(el, index, name, dataset))
+        dataset.images.append(_read_image(el, index, name, dataset, budget))
     return dataset
 
 
@@ -142,7 +146,8 @@ def _points(text: str | None, where: str) -> list[tuple[float, float]]:
     return out
 
 
-def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> ImageAnnotation:
+def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset,
+                budget: list[int]) -> ImageAnnotation:
     image_name = el.get("name")
     where = f"{name}: <image id={el.get('id')!r} name={image_name!r}>"
     if not image_name:
@@ -155,6 +160,9 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> Imag
     )
     if image.width <= 0 or image.height <= 0:
         raise InputError(f"{where}: image size {image.width}x{image.height} is not positive")
+    if image.width * image.height > masks.MAX_MASK_PIXELS:
+        raise InputError(f"{where}: image size {image.width}x{image.height} is over the "
+                         f"{masks.MAX_MASK_PIXELS // 10**6} MP limit")
     for shape in el:
         tag = shape.tag
         label = shape.get("label", "")
@@ -172,7 +180,7 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> Imag
                 dataset.skipped.append({"image": image_name, "label": label,
                                         "reason": "rotated box read without its rotation"})
         elif tag == "mask":
-            geometry = _read_mask(shape, shape_where)
+            geometry = _read_mask(shape, shape_where, image, budget)
         else:
             continue  # unknown element: CVAT adds new ones from time to time
         image.instances.append(
@@ -189,16 +197,24 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> Imag
     return image
 
 
-def _read_mask(el: ET.Element, where: str) -> Mask:
+def _read_mask(el: ET.Element, where: str, image: ImageAnnotation, budget: list[int]) -> Mask:
     left = _int(el.get("left"), "left", where)
     top = _int(el.get("top"), "top", where)
     width = _int(el.get("width"), "width", where)
     height = _int(el.get("height"), "height", where)
     if width <= 0 or height <= 0:
         raise InputError(f"{where}: mask size {width}x{height} is not positive")
+    # CVAT crops a mask to the image: a larger one is hostile or broken (checked before decoding)
+    if width > image.width or height > image.height:
+        raise InputError(f"{where}: mask size {width}x{height} is larger than its "
+                         f"{image.width}x{image.height} image")
+    budget[0] -= width * height
+    if budget[0] < 0:
+        raise InputError(f"{where}: the file's masks add up to over {MAX_TOTAL_MASK_PIXELS // 10**6} "
+                         "million pixels; export the task in parts")
     try:
-        rle = [int(v) for v in (el.get("rle") or "").replace(" ", "").split(",") if v != ""]
-        bitmap = masks.cvat_rle_decode(rle, width, height)
+        runs = masks.parse_runs(el.get("rle") or "", width * height)
+        bitmap = masks.cvat_rle_decode(runs, width, height)
     except ValueError as exc:
         raise InputError(f"{where}: bad mask rle ({exc})") from None
     return Mask(bitmap=bitmap, left=left, top=top)

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
+from ..guarded import load_json
+from .coco import MAX_JSON_BYTES
 from .annotations import Dataset
 
 FORMATS = ("auto", "cvat", "coco", "yolo", "thesis")
@@ -29,10 +30,7 @@ def _json_kind(path: Path) -> str:
         return "thesis"
     if '"images"' in head or '"annotations"' in head or '"categories"' in head:
         return "coco"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    data = load_json(path, max_bytes=MAX_JSON_BYTES)
     if isinstance(data, dict) and "data" in data:
         return "thesis"
     if isinstance(data, dict) and "images" in data:

@@ -7,7 +7,6 @@ costs nothing until used.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ import numpy as np
 from .. import labels as L
 from ..errors import InputError
 from ..formats.masks import coco_rle_decode, polygon_to_mask
+from ..formats.safe_names import join_inside
+from ..guarded import load_json
 from ..imaging import load_image
 from ..segment.normalize import balance_background
 
@@ -109,8 +110,8 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
     segmentation is a cell (optionally only those whose category name is ``label``)."""
     folder = Path(folder)
     path = folder / "annotations.json"
+    coco = load_json(path)
     try:
-        coco = json.loads(path.read_text())
         cats = {c["id"]: c["name"] for c in coco.get("categories", [])}
         by_image: dict[int, list[dict]] = {}
         for ann in coco.get("annotations", []):
@@ -120,12 +121,13 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
         for im in coco["images"]:
             anns = by_image.get(im["id"], [])
             h, w = int(im["height"]), int(im["width"])
-            image_path = folder / "images" / im["file_name"]
+            # names from the file never lead outside the folder
+            image_path = join_inside(folder / "images", str(im["file_name"]))
             if not image_path.is_file():
-                image_path = folder / im["file_name"]
+                image_path = join_inside(folder, str(im["file_name"]))
             samples.append(SegSample(image_path, (lambda a=anns, h=h, w=w: _coco_masks(a, h, w)), im["file_name"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: not a COCO instances file ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: not a COCO instances file ({str(exc)[:200]})") from None
     return samples
 
 
