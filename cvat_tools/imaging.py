@@ -127,15 +127,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with _open_quiet(path) as img:
             w, h = img.size
+            if w * h > MAX_PIXELS:  # before getexif, which decodes a PNG to reach its eXIf
+                raise _too_many_pixels(str(path), w, h)
             orientation = img.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
         raise _bomb(str(path), exc) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from None
-    if w * h > MAX_PIXELS:
-        raise _too_many_pixels(str(path), w, h)
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

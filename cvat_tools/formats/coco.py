@@ -20,7 +20,7 @@ from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
 
 MAX_JSON_BYTES = 512 * 1024 * 1024
-MAX_TOTAL_MASK_PIXELS = 256_000_000  # decoded mask pixels (1 byte each) one file may hold
+MAX_TOTAL_MASK_PIXELS = 192_000_000  # decoded mask pixels (1 byte each) one file may hold
 _CVAT_KEYS = ("occluded", "z_order", "group", "source", "iscrowd")
 
 
@@ -138,9 +138,12 @@ def _segmentation(seg, image: ImageAnnotation, where: str, budget: list[int]) ->
             if size != [image.height, image.width]:
                 raise InputError(f"{where}: RLE size {str(size)[:40]} is not the image's "
                                  f"[{image.height}, {image.width}]")
-            mask = masks.coco_rle_to_mask(seg)
+            mask = masks.coco_rle_to_mask(seg, max_pixels=budget[0])
         except InputError:
             raise
+        except masks.MaskBudgetError:
+            raise InputError(f"{where}: the file's masks add up to over "
+                             f"{MAX_TOTAL_MASK_PIXELS // 10**6} million pixels; export the task in parts") from None
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"{where}: bad RLE segmentation ({str(exc)[:200]})") from None
         if mask is not None:

@@ -37,7 +37,7 @@ from .annotations import (
 MAX_XML_BYTES = 512 * 1024 * 1024
 # Decoded mask pixels one file may hold in memory (1 byte each): a few bytes of XML can
 # declare masks of any size, so the readers count what they decode.
-MAX_TOTAL_MASK_PIXELS = 256_000_000
+MAX_TOTAL_MASK_PIXELS = 192_000_000
 _UNSUPPORTED = ("polyline", "ellipse", "cuboid", "skeleton", "tag")
 
 

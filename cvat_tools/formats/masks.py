@@ -542,9 +542,17 @@ def coco_rle_decode(rle: dict) -> np.ndarray:
     return flat.reshape(w, h).T.copy()
 
 
-def coco_rle_to_mask(rle: dict) -> Mask | None:
+class MaskBudgetError(ValueError):
+    """Decoding would take more pixels than the caller allowed."""
+
+
+def coco_rle_to_mask(rle: dict, max_pixels: int | None = None) -> Mask | None:
     """Tight :class:`Mask` of a COCO RLE (None when empty), decoding only the columns that
-    hold foreground: work and memory follow the cell's size, not the image's."""
+    hold foreground: work and memory follow the cell's size, not the image's.
+
+    ``max_pixels``: :class:`MaskBudgetError` (before decoding) when the columns to decode
+    hold more pixels than that.
+    """
     h, w = (int(v) for v in rle["size"])
     if h <= 0 or w <= 0 or h * w > MAX_MASK_PIXELS:
         raise ValueError(f"COCO RLE size {[h, w]} is not positive or over {MAX_MASK_PIXELS // 10**6} MP")
@@ -570,11 +578,23 @@ def coco_rle_to_mask(rle: dict) -> Mask | None:
     first, last = int(fg[0]), int(fg[-1])
     start = int(ends[first] - counts[first])
     col0, col1 = start // h, (int(ends[last]) - 1) // h
-    local = np.concatenate(([start - col0 * h], counts[first:last + 1], [(col1 + 1) * h - int(ends[last])]))
-    values = (np.arange(local.size) & 1).astype(bool)  # background, foreground, ... background
-    flat = np.repeat(values, local)
-    crop = flat.reshape(col1 - col0 + 1, h).T
-    return mask_tight(Mask(bitmap=crop, left=col0, top=0))
+    if max_pixels is not None and (col1 - col0 + 1) * h > max_pixels:
+        raise MaskBudgetError(f"decoding needs {(col1 - col0 + 1) * h} pixels, over the {max_pixels} left")
+    by_column = np.zeros((col1 - col0 + 1) * h, dtype=bool)
+    fg_starts = (ends[fg] - counts[fg]) - col0 * h
+    fg_ends = ends[fg] - col0 * h
+    if fg.size <= 256:  # few long runs: slice fills beat np.repeat ~20x
+        for a, b in zip(fg_starts.tolist(), fg_ends.tolist()):
+            by_column[a:b] = True
+    else:
+        local = np.concatenate(([start - col0 * h], counts[first:last + 1],
+                                [(col1 + 1) * h - int(ends[last])]))
+        by_column = np.repeat((np.arange(local.size) & 1).astype(bool), local)
+    by_column = by_column.reshape(col1 - col0 + 1, h)  # its first and last column hold foreground
+    rows = np.flatnonzero(by_column.any(axis=0))
+    # cv2's blocked transpose: numpy's strided one takes ~0.5 s on a 64 MP mask
+    crop = cv2.transpose(np.ascontiguousarray(by_column[:, rows[0]:rows[-1] + 1]).view(np.uint8))
+    return Mask(bitmap=crop.view(bool), left=col0, top=int(rows[0]))
 
 
 def coco_rle_area(rle: dict) -> int:
