@@ -6,6 +6,8 @@ stored: a few hundred bytes to a few MB, each reproducing one measured defect.
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
 import struct
 import zipfile
@@ -116,19 +118,20 @@ def coco_rle_many_masks(root: Path) -> list:
     return [_coco(root, doc), "--images", _images(root)]
 
 
+@functools.lru_cache(maxsize=None)
+def _star_coco(n: int) -> str:
+    import numpy as np
+
+    t = 2 * np.pi * np.arange(n) / n
+    r = 3 + (np.arange(n) % 2)  # a star: no self-intersection, but shapely-expensive
+    ring = np.round(np.stack([4 + r * np.cos(t), 4 + r * np.sin(t)], axis=1), 4).ravel().tolist()
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "segmentation": [ring]}
+    return json.dumps(coco_doc([{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], [ann]))
+
+
 def polygon_500k(root: Path) -> list:
     """One polygon of 500 000 vertices (shapely's validity check never finished)."""
-    import math
-
-    n = 500_000
-    ring = []
-    for k in range(n):  # a star: self-intersection-free but shapely-expensive
-        t = 2 * math.pi * k / n
-        r = 3 + (k % 2)
-        ring += [round(4 + r * math.cos(t), 4), round(4 + r * math.sin(t), 4)]
-    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "segmentation": [ring]}
-    doc = coco_doc([{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], [ann])
-    return [_coco(root, doc), "--images", _images(root)]
+    return [_coco(root, _star_coco(500_000)), "--images", _images(root)]
 
 
 def deep_json(root: Path) -> list:
@@ -137,28 +140,28 @@ def deep_json(root: Path) -> list:
             "--images", _images(root)]
 
 
-def _zip_of(root: Path, members: dict[str, bytes]) -> Path:
-    path = root / "task.zip"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
+@functools.lru_cache(maxsize=None)
+def _zeros_zip(count: int, member_bytes: int) -> bytes:
+    """A zip of ``count`` members of zeros (built once per session: compressing takes seconds)."""
+    buffer = io.BytesIO()
+    block = bytes(member_bytes)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for k in range(count):
+            zf.writestr(f"images/x{k}.png", block)
+        zf.writestr("annotations.xml", b"<annotations></annotations>")
+    return buffer.getvalue()
 
 
 def zip_300_members(root: Path) -> list:
     """300 x 1 MiB of zeros in a ~0.3 MB zip (accepted: only the 4 GB total was capped)."""
-    block = bytes(1 << 20)
-    members = {f"images/x{k}.png": block for k in range(300)}
-    members["annotations.xml"] = b'<annotations></annotations>'
-    return [_zip_of(root, members)]
+    (root / "task.zip").write_bytes(_zeros_zip(300, 1 << 20))
+    return [root / "task.zip"]
 
 
 def zip_many_small_members(root: Path) -> list:
     """2000 x 48 KiB of zeros: every member under the per-member ratio floor, 96 MB in all."""
-    block = bytes(48 * 1024)
-    members = {f"images/x{k}.png": block for k in range(2000)}
-    members["annotations.xml"] = b'<annotations></annotations>'
-    return [_zip_of(root, members)]
+    (root / "task.zip").write_bytes(_zeros_zip(2000, 48 * 1024))
+    return [root / "task.zip"]
 
 
 def image_over_179mp(root: Path) -> list:
@@ -204,3 +207,45 @@ REFUSED = {
     "image_over_89mp": (image_over_89mp, "64 MP limit"),
     "nul_in_image_name": (nul_in_image_name, "control characters"),
 }
+
+
+def _measure(case: str) -> None:
+    """Child: build one case, run export on it, print exit code, seconds and extra peak RSS."""
+    import contextlib
+    import resource
+    import tempfile
+    import time
+
+    from cvat_tools.cli import main
+    import cvat_tools.commands.export  # noqa: F401 - imports are not the input's cost
+    import cv2, shapely.validation, tqdm  # noqa: F401,E401
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [str(a) for a in (REFUSED.get(case) or (polygon_500k,))[0](Path(tmp))]
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start, code = time.monotonic(), 0
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                main(["export", *args, "--out", str(Path(tmp) / "out")])
+            except SystemExit as exc:
+                code = exc.code
+        seconds = time.monotonic() - start
+        extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    line = err.getvalue().strip().splitlines()
+    print(f"{case:24s} exit {code}  {seconds:5.2f} s  +{extra:6.0f} MB  {line[0][:90] if line else ''}")
+
+
+if __name__ == "__main__":
+    # python3 tests/hostile.py: every case in a fresh process (time and peak memory of export)
+    import os
+    import subprocess
+    import sys
+
+    if len(sys.argv) > 1:
+        _measure(sys.argv[1])
+    else:
+        here = Path(__file__).resolve().parent
+        env = dict(os.environ, PYTHONPATH=f"{here.parent}{os.pathsep}{here}")
+        for case in [*sorted(REFUSED), "polygon_500k"]:
+            subprocess.run([sys.executable, __file__, case], env=env, check=False)
