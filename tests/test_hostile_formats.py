@@ -269,3 +269,60 @@ def test_cvat_rle_over_the_mask_size_is_refused_before_decoding():
         masks.parse_runs(", ".join(["1"] * 10), 4)
     with pytest.raises(ValueError, match="over the mask size"):
         masks.cvat_rle_decode(np.array([10**14], dtype=np.int64), 2, 2)
+
+
+def test_cvat_zip_naming_paths_outside_writes_only_under_out(tmp_path, monkeypatch):
+    """The zip-carried form of item 2: XML image names absolute and with ``..``, colliding on
+    their base name (the collision path once joined the parts into '/__...'), images inside."""
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    victim = tmp_path / "victim" / "a.png"
+    victim.parent.mkdir()
+    victim.write_bytes(b"user file")
+    names = [str(victim), "../../victim/a.png", "images/a.png", "..\\..\\victim\\a.png"]
+    body = "".join(f'<image id="{k}" name="{n}" width="8" height="8">'
+                   '<polygon label="neutrophil" points="1,1;6,1;6,6"/></image>' for k, n in enumerate(names))
+    png = hostile.tiny_png(tmp_path / "src" / "a.png").read_bytes()
+    archive = tmp_path / "task.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("annotations.xml", f"<annotations>{body}</annotations>")
+        zf.writestr("images/a.png", png)
+    top_before = set(os.listdir("/"))
+    out = tmp_path / "out"
+    before = snapshot(tmp_path)
+    code, _, stderr = run_cli("export", archive, "--out", out)
+    assert code == 0, stderr
+    assert snapshot(tmp_path, skip=out) == before
+    assert set(os.listdir("/")) == top_before
+    written = sorted(p.name for p in (out / "images").iterdir())
+    assert len(written) == 4 and all("/" not in n and ".." not in n.split("__") for n in written)
+    stems = {Path(n).stem for n in written}
+    assert len(list((out / "masks").iterdir())) == 4 and len(stems) == 4
+
+
+def test_training_reader_keeps_coco_file_names_inside_the_folder(tmp_path):
+    from cvat_tools.train.segmentation_data import read_coco
+
+    folder = tmp_path / "train"
+    (folder / "images").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(b"not yours")
+    doc = hostile.coco_doc([{"id": 1, "file_name": "../../secret.png", "width": 8, "height": 8},
+                            {"id": 2, "file_name": str(tmp_path / "secret.png"), "width": 8, "height": 8}], [])
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    samples = read_coco(folder)
+    assert [s.image for s in samples] == [folder / "secret.png", folder / str(tmp_path / "secret.png").lstrip("/")]
+    (folder / "annotations.json").write_text("[" * 10_000 + "]" * 10_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_coco(folder)
+
+
+def test_training_recipe_alias_bomb_is_refused(tmp_path):
+    from cvat_tools.commands.train_segmenter import _load_recipe
+
+    bomb = tmp_path / "recipe.yaml"
+    bomb.write_text(hostile._alias_bomb())
+    start = time.monotonic()
+    with pytest.raises(InputError, match="alias"):
+        _load_recipe(str(bomb))
+    assert time.monotonic() - start < SECONDS
