@@ -134,6 +134,14 @@ def polygon_500k(root: Path) -> list:
     return [_coco(root, _star_coco(500_000)), "--images", _images(root)]
 
 
+def coco_many_shapes(root: Path) -> list:
+    """One annotation of 20 000 tiny polygons: each would cost a full-image mask in export."""
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8],
+           "segmentation": [[1, 1, 6, 1, 6, 6]] * 20_000}
+    doc = coco_doc([{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], [ann])
+    return [_coco(root, doc), "--images", _images(root)]
+
+
 def deep_json(root: Path) -> list:
     """COCO JSON nested 100 000 levels deep (RecursionError)."""
     return [_coco(root, '{"images": [], "x": ' + "[" * 100_000 + "]" * 100_000 + "}"),
@@ -199,6 +207,7 @@ REFUSED = {
     "xml_rle_over_int64": (xml_rle_over_int64, "bad mask rle"),
     "coco_rle_quadratic": (coco_rle_quadratic, "bad RLE segmentation"),
     "coco_rle_many_masks": (coco_rle_many_masks, "million pixels"),
+    "coco_many_shapes": (coco_many_shapes, "over the 10000 limit"),
     "deep_json": (deep_json, "nested too deeply"),
     "zip_300_members": (zip_300_members, "zip bomb"),
     "zip_many_small_members": (zip_many_small_members, "zip bomb"),

@@ -164,7 +164,8 @@ def run_export(
             if size != (image.width, image.height):
                 wrong_size.append(f"{path} is {size[0]}x{size[1]}, annotated as {image.width}x{image.height}")
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            shown = ", ".join(n if len(n) <= 80 else n[:77] + "..." for n in missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise InputError(f"{annotations}: {len(missing)} annotated image(s) not found under "
                              f"{images_dir}: {shown}; pass --images pointing at the folder that holds them")
         if wrong_size:

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
+from .safe_names import shown
 
 MAX_TOTAL_BYTES = 4 * 1024 ** 3  # a CVAT export with its images stays well below
 MAX_MEMBERS = 100_000  # a CVAT task export: one member per image plus a few
@@ -26,15 +27,15 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
     name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
     if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
-        raise InputError(f"{archive}: member {info.filename!r} points outside the archive; refused")
+        raise InputError(f"{archive}: member {shown(info.filename)} points outside the archive; refused")
     kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored no file type
     if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-        raise InputError(f"{archive}: member {info.filename!r} is a link or special file; refused")
+        raise InputError(f"{archive}: member {shown(info.filename)} is a link or special file; refused")
     if info.is_dir():
         return None
     if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
         raise InputError(
-            f"{archive}: member {info.filename!r} expands {info.file_size / max(info.compress_size, 1):.0f}x "
+            f"{archive}: member {shown(info.filename)} expands {info.file_size / max(info.compress_size, 1):.0f}x "
             "(possible zip bomb); refused"
         )
     return path
@@ -75,12 +76,12 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
                         written += len(chunk)
                         limit -= len(chunk)
                         if limit < 0 or written > MAX_TOTAL_BYTES:
-                            raise InputError(f"{archive}: member {info.filename!r} expands past its "
+                            raise InputError(f"{archive}: member {shown(info.filename)} expands past its "
                                              "declared size (possible zip bomb); refused")
                         out.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError,
                     NotImplementedError) as exc:
-                raise InputError(f"{archive}: member {info.filename[:80]!r} cannot be extracted "
+                raise InputError(f"{archive}: member {shown(info.filename)} cannot be extracted "
                                  f"({str(exc)[:200]})") from None
     return dest
 

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..guarded import load_json
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
+from .safe_names import shown
 
 MAX_JSON_BYTES = 512 * 1024 * 1024
 MAX_TOTAL_MASK_PIXELS = 192_000_000  # decoded mask pixels (1 byte each) one file may hold
@@ -120,9 +121,7 @@ def write_coco(dataset: Dataset, path: str | Path) -> Path:
 
 
 def _shown(value) -> str:
-    """A value from the file for an error line: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shown(value, 40)
 
 
 def read_coco(path: str | Path) -> Dataset:

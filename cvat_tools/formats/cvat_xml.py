@@ -33,6 +33,7 @@ from .annotations import (
     Points,
     Polygon,
 )
+from .safe_names import shown
 
 MAX_XML_BYTES = 512 * 1024 * 1024
 # Decoded mask pixels one file may hold in memory (1 byte each): a few bytes of XML can
@@ -117,9 +118,9 @@ def _number(value: str | None, what: str, where: str) -> float:
     try:
         out = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise InputError(f"{where}: {what}={value!r} is not a number") from None
+        raise InputError(f"{where}: {what}={shown(value)} is not a number") from None
     if out != out or out in (float("inf"), float("-inf")):
-        raise InputError(f"{where}: {what}={value!r} is not a finite number")
+        raise InputError(f"{where}: {what}={shown(value)} is not a finite number")
     return out
 
 
@@ -130,7 +131,7 @@ def _int(value: str | None, what: str, where: str, default: int | None = None) -
         return default
     number = _number(value, what, where)
     if not number.is_integer():
-        raise InputError(f"{where}: {what}={value!r} is not a whole number")
+        raise InputError(f"{where}: {what}={shown(value)} is not a whole number")
     return int(number)
 
 
@@ -141,7 +142,7 @@ def _points(text: str | None, where: str) -> list[tuple[float, float]]:
             continue
         parts = pair.split(",")
         if len(parts) != 2:
-            raise InputError(f"{where}: malformed point {pair!r} (expected 'x,y;x,y;...')")
+            raise InputError(f"{where}: malformed point {shown(pair)} (expected 'x,y;x,y;...')")
         out.append((_number(parts[0], "x", where), _number(parts[1], "y", where)))
     return out
 
@@ -149,7 +150,7 @@ def _points(text: str | None, where: str) -> list[tuple[float, float]]:
 def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset,
                 budget: list[int]) -> ImageAnnotation:
     image_name = el.get("name")
-    where = f"{name}: <image id={el.get('id')!r} name={image_name!r}>"
+    where = f"{name}: <image id={shown(el.get('id'), 20)} name={shown(image_name)}>"
     if not image_name:
         raise InputError(f"{name}: <image> number {index + 1} has no name")
     image = ImageAnnotation(
@@ -166,7 +167,7 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset,
     for shape in el:
         tag = shape.tag
         label = shape.get("label", "")
-        shape_where = f"{where} <{tag} label={label!r}>"
+        shape_where = f"{where} <{shown(tag, 20)} label={shown(label, 40)}>"
         if tag in _UNSUPPORTED:
             dataset.skipped.append({"image": image_name, "label": label, "reason": f"{tag} is not supported"})
             continue

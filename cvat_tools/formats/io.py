@@ -14,9 +14,13 @@ from typing import Iterator
 from ..errors import InputError
 from ..guarded import load_json
 from .coco import MAX_JSON_BYTES
+from .safe_names import shown
 from .annotations import Dataset
 
 FORMATS = ("auto", "cvat", "coco", "yolo", "thesis")
+# A blood smear field holds hundreds of cells, not tens of thousands; every shape costs a
+# full-image mask downstream, so a file cannot ask for unbounded work through tiny shapes.
+MAX_INSTANCES_PER_IMAGE = 10_000
 
 
 def _json_kind(path: Path) -> str:
@@ -62,6 +66,15 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
 
 
 def _read(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
+    dataset = _read_format(fmt, path, images_dir)
+    for image in dataset.images:
+        if len(image.instances) > MAX_INSTANCES_PER_IMAGE:
+            raise InputError(f"{path}: image {shown(image.name)} has {len(image.instances)} shapes, over "
+                             f"the {MAX_INSTANCES_PER_IMAGE} limit (export writes a mask per shape)")
+    return dataset
+
+
+def _read_format(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
     if fmt == "cvat":
         from .cvat_xml import read_cvat_xml
 

@@ -30,27 +30,29 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_COMPONENT_BYTES = 200
 
 
-def _shown(name: str) -> str:
-    text = repr(name)
-    return text if len(text) <= 80 else text[:77] + "..."
+def shown(value: object, limit: int = 80) -> str:
+    """A value read from an input file, for an error line: its repr, cut to ``limit`` chars
+    (an error must stay one short line however long the hostile value is)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def safe_relative(name: str, what: str = "image name") -> PurePosixPath:
     """A relative path of plain parts for a name read from an input file (see module doc)."""
     if not isinstance(name, str):
-        raise InputError(f"{what} {_shown(str(name))} is not text")
+        raise InputError(f"{what} {shown(str(name))} is not text")
     if _CONTROL.search(name):
-        raise InputError(f"{what} {_shown(name)} contains control characters (NUL, newline ...); refused")
+        raise InputError(f"{what} {shown(name)} contains control characters (NUL, newline ...); refused")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise InputError(f"{what} {_shown(name)} is not valid Unicode; refused") from None
+        raise InputError(f"{what} {shown(name)} is not valid Unicode; refused") from None
     text = _DRIVE.sub("", name.replace("\\", "/"))
     # lexical folding first ("a/../b" -> "b"), then whatever still climbs is dropped
     folded = posixpath.normpath("/" + text).lstrip("/")
     parts = [p for p in folded.split("/") if p not in ("", ".", "..")]
     if not parts:
-        raise InputError(f"{what} {_shown(name)} names no file; refused")
+        raise InputError(f"{what} {shown(name)} names no file; refused")
     return PurePosixPath(*parts)
 
 
@@ -108,5 +110,5 @@ def join_inside(root: str | Path, name: str, what: str = "image name") -> Path:
     except (OSError, RuntimeError):  # a link loop
         inside = False
     if not inside:
-        raise InputError(f"{what} {_shown(name)} leads outside {root} (through a link); refused")
+        raise InputError(f"{what} {shown(name)} leads outside {root} (through a link); refused")
     return path

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..guarded import load_json
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, Mask, Points, Polygon
+from .safe_names import shown
 
 MAX_JSON_BYTES = 512 * 1024 * 1024
 
@@ -36,7 +37,7 @@ def from_thesis_json(data: dict, name: str = "<json>") -> Dataset:
     keys = sorted(data["data"], key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
     for key in keys:
         entry = data["data"][key]
-        where = f"{name}: data[{key!r}]"
+        where = f"{name}: data[{shown(key, 40)}]"
         try:
             image = ImageAnnotation(name=str(entry["filename"]), width=int(entry["width"]),
                                     height=int(entry["height"]),

@@ -26,6 +26,7 @@ from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mas
 from .safe_names import safe_relative
 
 SUBSET = "train"
+MAX_LABEL_BYTES = 64 * 2**20  # one image's label lines; a field's cells take a few hundred KB
 
 
 def find_data_yaml(path: str | Path) -> Path | None:
@@ -112,6 +113,8 @@ def read_yolo(
 
 def _read_label_file(label_file: Path, image: ImageAnnotation, names: list[str], dataset: Dataset) -> None:
     try:
+        if label_file.stat().st_size > MAX_LABEL_BYTES:
+            raise InputError(f"{label_file}: over the {MAX_LABEL_BYTES // 2**20} MiB limit for a label file")
         lines = label_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{label_file}: cannot read ({exc})") from None
