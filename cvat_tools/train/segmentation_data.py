@@ -18,7 +18,7 @@ import numpy as np
 from .. import labels as L
 from ..errors import InputError
 from ..formats.masks import coco_rle_decode, polygon_to_mask
-from ..formats.safe_names import join_inside
+from ..formats.safe_names import join_inside, safe_relative
 from ..guarded import load_json
 from ..imaging import load_image
 from ..segment.normalize import balance_background
@@ -125,7 +125,8 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
             image_path = join_inside(folder / "images", str(im["file_name"]))
             if not image_path.is_file():
                 image_path = join_inside(folder, str(im["file_name"]))
-            samples.append(SegSample(image_path, (lambda a=anns, h=h, w=w: _coco_masks(a, h, w)), im["file_name"]))
+            samples.append(SegSample(image_path, (lambda a=anns, h=h, w=w: _coco_masks(a, h, w)),
+                                     safe_relative(str(im["file_name"])).as_posix()))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{path}: not a COCO instances file ({str(exc)[:200]})") from None
     return samples
