@@ -315,6 +315,10 @@ def test_training_reader_keeps_coco_file_names_inside_the_folder(tmp_path):
     (folder / "annotations.json").write_text("[" * 10_000 + "]" * 10_000)
     with pytest.raises(InputError, match="nested too deeply"):
         read_coco(folder)
+    doc["images"] = [{"id": 1, "file_name": "a.png", "width": 100_000, "height": 100_000}]
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="64 MP limit"):
+        read_coco(folder)
 
 
 def test_training_recipe_alias_bomb_is_refused(tmp_path):

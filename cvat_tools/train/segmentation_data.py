@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..formats.masks import coco_rle_decode, polygon_to_mask
 from ..formats.safe_names import join_inside, safe_relative
 from ..guarded import load_json
-from ..imaging import load_image
+from ..imaging import MAX_PIXELS, load_image
 from ..segment.normalize import balance_background
 
 # Working scale of a field: the long side a 640x480 BCCD field has before the model's rescale.
@@ -121,6 +121,9 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
         for im in coco["images"]:
             anns = by_image.get(im["id"], [])
             h, w = int(im["height"]), int(im["width"])
+            if not (0 < h and 0 < w and h * w <= MAX_PIXELS):  # masks are allocated at this size
+                raise InputError(f"{path}: image {str(im.get('file_name'))[:80]!r} size {w}x{h} is "
+                                 f"not positive or over the {MAX_PIXELS // 10**6} MP limit")
             # names from the file never lead outside the folder
             image_path = join_inside(folder / "images", str(im["file_name"]))
             if not image_path.is_file():
