@@ -323,13 +323,13 @@ def _unruns(rle: Sequence[int], size: int) -> np.ndarray:
         counts = rle.astype(np.int64, copy=False).ravel()
     else:
         if len(rle) > min(size + 1, MAX_RLE_RUNS):
-            raise ValueError(f"mask RLE has {len(rle)} runs, more than the mask's {size} pixels")
+            raise ValueError(f"mask RLE has {len(rle)} runs, over the limit for a {size}-pixel mask")
         values = [int(v) for v in rle]
         if any(v < 0 or v > size for v in values):
             raise ValueError("mask RLE has a run length below 0 or over the mask size")
         counts = np.asarray(values, dtype=np.int64)
     if counts.size > min(size + 1, MAX_RLE_RUNS):
-        raise ValueError(f"mask RLE has {counts.size} runs, more than the mask's {size} pixels")
+        raise ValueError(f"mask RLE has {counts.size} runs, over the limit for a {size}-pixel mask")
     if counts.size and (counts.min() < 0 or counts.max() > size):
         raise ValueError("mask RLE has a run length below 0 or over the mask size")
     total = int(counts.sum())
@@ -342,7 +342,7 @@ def _unruns(rle: Sequence[int], size: int) -> np.ndarray:
 # Runs one mask may have. A cell's mask has about two per row; even a noisy brush mask of a
 # whole 12 MP photograph stays far below. Bounds the decoder's memory (8 bytes a run).
 MAX_RLE_RUNS = 1_000_000
-_RUNS_TEXT = re.compile(r"\d{1,15}(?:\s*,\s*\d{1,15})*")
+_RUNS_TEXT = re.compile(r"\d{1,15}(?:\s*,\s*\d{1,15})*", re.ASCII)
 
 
 def parse_runs(text: str, size: int) -> np.ndarray:
@@ -500,7 +500,7 @@ def _coco_string_to_counts(s: str | bytes, size: int | None = None) -> np.ndarra
         raise ValueError("truncated COCO RLE string")
     ends = np.flatnonzero(last)
     if ends.size > MAX_RLE_RUNS or (size is not None and ends.size > size + 1):
-        raise ValueError(f"COCO RLE has {ends.size} counts, more than the mask's {size} pixels")
+        raise ValueError(f"COCO RLE has {ends.size} counts, over the limit for its size")
     starts = np.concatenate(([0], ends[:-1] + 1))
     lengths = ends - starts + 1
     if lengths.max() > _MAX_COUNT_CHARS:
@@ -513,8 +513,8 @@ def _coco_string_to_counts(s: str | bytes, size: int | None = None) -> np.ndarra
     x[negative] -= np.left_shift(np.int64(1), 5 * lengths[negative])
     # counts[i] = x[i] + counts[i - 2] for i > 2: running sums over odd and even indices
     counts = x.copy()
-    counts[3::2] = np.cumsum(x[1::2])[1:] if x.size > 3 else counts[3::2]
-    counts[4::2] = np.cumsum(x[2::2])[1:] if x.size > 4 else counts[4::2]
+    counts[3::2] = np.cumsum(x[1::2])[1:]
+    counts[4::2] = np.cumsum(x[2::2])[1:]
     return counts
 
 
