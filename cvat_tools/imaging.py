@@ -6,6 +6,7 @@ CMYK, EXIF-rotated. Refuses decompression bombs and oversized files before decod
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .errors import ImageError
 
 # A 4032x3024 photograph is 12.2 MP; allow generous headroom but not a bomb.
 MAX_PIXELS = 64_000_000
-MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_FILE_BYTES = 100_000_000  # "100 MB" in every message and in the README: decimal megabytes
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -37,34 +38,53 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
+def _too_many_pixels(name: str, w: int, h: int) -> ImageError:
+    return ImageError(f"{name}: {w}x{h} pixels is over the {MAX_PIXELS // 1_000_000} MP limit "
+                      "(possible decompression bomb); downscale it first")
+
+
+def _bomb(name: str, exc: Exception) -> ImageError:
+    """Pillow's own bomb refusal (its 89/179 MP limits) restated as ours (64 MP)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "the image"
+    return ImageError(f"{name}: {size} is over the {MAX_PIXELS // 1_000_000} MP limit "
+                      "(possible decompression bomb); downscale it first")
+
+
+def _open_quiet(source) -> Image.Image:
+    """Image.open without Pillow's 89 MP warning, so our 64 MP check speaks first (callers
+    check ``img.size`` before decoding). Over 2x its limit Pillow raises; callers map that."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to RGB uint8, with the same checks as :func:`load_image`."""
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(
-            f"{name}: {len(data) / 1e6:.0f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
+            f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
             "downscale or re-encode the image (JPEG) first"
         )
     if not data:
         raise ImageError(f"{name}: empty file; it is not an image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(
-                        f"{name}: {w}x{h} pixels is over the {MAX_PIXELS // 1_000_000} MP limit "
-                        "(possible decompression bomb); downscale it first"
-                    )
-                if w == 0 or h == 0:
-                    raise ImageError(f"{name}: image has no pixels")
+        with _open_quiet(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise _too_many_pixels(name, w, h)
+            if w == 0 or h == 0:
+                raise ImageError(f"{name}: image has no pixels")
+            with warnings.catch_warnings():
+                # a frame or tile larger than the header said: still a bomb
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = ImageOps.exif_transpose(img)
                 img.load()
-                return _to_rgb(img)
+            return _to_rgb(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+        raise _bomb(name, exc) from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image (JPEG, PNG, TIFF, BMP or WebP expected)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -76,7 +96,7 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     exactly as :func:`decode_image` converts bytes (EXIF rotation, modes, size limit)."""
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise ImageError(f"{w}x{h} pixels is over the {MAX_PIXELS // 1_000_000} MP limit")
+        raise _too_many_pixels("image", w, h)
     if w == 0 or h == 0:
         raise ImageError("image has no pixels")
     return _to_rgb(ImageOps.exif_transpose(img))
@@ -95,21 +115,28 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: is a folder, not an image")
     if size > MAX_FILE_BYTES:
         raise ImageError(
-            f"{path}: {size / 1e6:.0f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
+            f"{path}: {size / 1e6:.1f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
             "downscale or re-encode the image (JPEG) first"
         )
     return decode_image(path.read_bytes(), str(path))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) after EXIF rotation, reading only the header."""
+    """(width, height) after EXIF rotation, reading only the header; ImageError over the
+    pixel limit (nothing downstream could load it)."""
     try:
-        with Image.open(path) as img:
+        with _open_quiet(path) as img:
             w, h = img.size
+            if w * h > MAX_PIXELS:  # before getexif, which decodes a PNG to reach its eXIf
+                raise _too_many_pixels(str(path), w, h)
             orientation = img.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(str(path), exc) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 

@@ -60,7 +60,10 @@ def _image_index(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
 
 
 def _find_image(name: str, by_rel: dict[str, Path], by_name: dict[str, list[Path]]) -> Path | None:
-    rel = PurePosixPath(name.replace("\\", "/"))
+    from ..formats.safe_names import safe_relative
+
+    # only looked up in the index of files under --images: a name can never reach outside it
+    rel = safe_relative(name)
     if rel.as_posix() in by_rel:
         return by_rel[rel.as_posix()]
     # CVAT names images by their upload path; the folder given may be any level of it
@@ -73,11 +76,10 @@ def _find_image(name: str, by_rel: dict[str, Path], by_name: dict[str, list[Path
 
 
 def _output_names(names: list[str]) -> list[str]:
-    """File names under images/: the base name, or the path joined by '__' when two collide."""
-    base = [PurePosixPath(n.replace("\\", "/")).name for n in names]
-    counts = Counter(base)
-    return [b if counts[b] == 1 else "__".join(PurePosixPath(n.replace("\\", "/")).parts)
-            for n, b in zip(names, base)]
+    """File names under images/ (flat, safe, distinct stems): see formats.safe_names."""
+    from ..formats.safe_names import unique_file_names
+
+    return unique_file_names(names)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -88,7 +90,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _label_folder(label: str) -> str:
-    return label.replace(" ", "_").replace("/", "_")
+    from ..formats.safe_names import safe_component
+
+    return safe_component(label.replace(" ", "_").replace("/", "_"), "label")
 
 
 def _check_out(out: Path, sources: list[Path]) -> None:
@@ -157,7 +161,8 @@ def run_export(
             if size != (image.width, image.height):
                 wrong_size.append(f"{path} is {size[0]}x{size[1]}, annotated as {image.width}x{image.height}")
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            shown = ", ".join(n if len(n) <= 80 else n[:77] + "..." for n in missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise InputError(f"{annotations}: {len(missing)} annotated image(s) not found under "
                              f"{images_dir}: {shown}; pass --images pointing at the folder that holds them")
         if wrong_size:

@@ -12,12 +12,9 @@ from ..errors import InputError
 def _load_recipe(path: str | None) -> dict:
     if not path:
         return {}
-    import yaml
+    from ..guarded import load_yaml
 
-    try:
-        recipe = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read the recipe ({exc})") from None
+    recipe = load_yaml(Path(path), f"{path} (recipe)") or {}
     if not isinstance(recipe, dict):
         raise InputError(f"{path}: a recipe is a YAML mapping of option: value")
     return recipe

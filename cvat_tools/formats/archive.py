@@ -2,8 +2,10 @@
 
 A member is refused (InputError, nothing extracted) when its name is absolute or climbs out
 with ``..``, when it is a symlink or other special file, or when the archive would expand
-past :data:`MAX_TOTAL_BYTES` or a member past :data:`MAX_RATIO` times its compressed size
-(zip bombs). Sizes are checked against what is actually written, not only the header.
+past :data:`MAX_TOTAL_BYTES`, past :data:`MAX_RATIO` times the archive's own size, or a member
+over :data:`_RATIO_FLOOR` past :data:`MAX_RATIO` times its compressed size (zip bombs, including
+many small well-compressed members). Sizes are checked against what is actually written, not
+only the header.
 """
 from __future__ import annotations
 
@@ -12,26 +14,28 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
+from .safe_names import shown
 
 MAX_TOTAL_BYTES = 4 * 1024 ** 3  # a CVAT export with its images stays well below
-MAX_MEMBERS = 200_000
+MAX_MEMBERS = 100_000  # a CVAT task export: one member per image plus a few
 MAX_RATIO = 200  # JPEG/PNG barely compress; XML/JSON compress ~10-30x
-_RATIO_FLOOR = 1024 * 1024  # tiny members may compress arbitrarily well
+_RATIO_FLOOR = 64 * 1024  # tiny members (empty label files) may compress arbitrarily well
+_TOTAL_RATIO_FLOOR = 64 * 1024 * 1024  # a whole archive expanding less than this is harmless
 
 
 def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
     name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
     if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
-        raise InputError(f"{archive}: member {info.filename!r} points outside the archive; refused")
+        raise InputError(f"{archive}: member {shown(info.filename)} points outside the archive; refused")
     kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored no file type
     if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-        raise InputError(f"{archive}: member {info.filename!r} is a link or special file; refused")
+        raise InputError(f"{archive}: member {shown(info.filename)} is a link or special file; refused")
     if info.is_dir():
         return None
     if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
         raise InputError(
-            f"{archive}: member {info.filename!r} expands {info.file_size / max(info.compress_size, 1):.0f}x "
+            f"{archive}: member {shown(info.filename)} expands {info.file_size / max(info.compress_size, 1):.0f}x "
             "(possible zip bomb); refused"
         )
     return path
@@ -42,8 +46,8 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     archive, dest = Path(archive), Path(dest)
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{archive}: not a readable zip archive ({exc})") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{archive}: not a readable zip archive ({str(exc)[:200]})") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
@@ -53,26 +57,32 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
         if declared > MAX_TOTAL_BYTES:
             raise InputError(f"{archive}: expands to {declared / 1e9:.1f} GB, over the "
                              f"{MAX_TOTAL_BYTES / 1e9:.0f} GB limit (possible zip bomb); refused")
+        packed = max(archive.stat().st_size, 1)
+        if declared > _TOTAL_RATIO_FLOOR and declared > MAX_RATIO * packed:
+            raise InputError(f"{archive}: expands {declared / packed:.0f}x ({declared / 1e6:.0f} MB from "
+                             f"{packed / 1e6:.1f} MB; possible zip bomb); refused")
         written = 0
         dest.mkdir(parents=True, exist_ok=True)
         for info, rel in members:
             if rel is None:
                 continue
             target = dest.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
             limit = info.file_size
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
                     # headers can lie: count what actually comes out
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
                         limit -= len(chunk)
                         if limit < 0 or written > MAX_TOTAL_BYTES:
-                            raise InputError(f"{archive}: member {info.filename!r} expands past its "
+                            raise InputError(f"{archive}: member {shown(info.filename)} expands past its "
                                              "declared size (possible zip bomb); refused")
                         out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-                raise InputError(f"{archive}: member {info.filename!r} is corrupt ({exc})") from None
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError,
+                    NotImplementedError) as exc:
+                raise InputError(f"{archive}: member {shown(info.filename)} cannot be extracted "
+                                 f"({str(exc)[:200]})") from None
     return dest
 
 

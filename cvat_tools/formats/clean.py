@@ -44,6 +44,9 @@ def outline_instance(inst: Instance, width: int, height: int) -> tuple[Outline |
     """(Outline, None) for a usable shape, (None, reason) for one that is skipped."""
     geom = inst.geometry
     if isinstance(geom, Polygon):
+        if len(geom.points) > masks.MAX_POLYGON_VERTICES:
+            return None, (f"polygon with {len(geom.points)} vertices, over the "
+                          f"{masks.MAX_POLYGON_VERTICES} limit; simplify it in CVAT")
         pieces = masks.repair_polygon(geom.points, width, height)
         if not pieces:
             return None, _polygon_problem(geom.points, width, height)

@@ -11,15 +11,17 @@ becomes one instance per polygon, sharing a group.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import InputError
+from ..guarded import load_json
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
+from .safe_names import shown
 
 MAX_JSON_BYTES = 512 * 1024 * 1024
+MAX_TOTAL_MASK_PIXELS = 192_000_000  # decoded mask pixels (1 byte each) one file may hold
 _CVAT_KEYS = ("occluded", "z_order", "group", "source", "iscrowd")
 
 
@@ -118,32 +120,36 @@ def write_coco(dataset: Dataset, path: str | Path) -> Path:
 # reading
 
 
+def _shown(value) -> str:
+    return shown(value, 40)
+
+
 def read_coco(path: str | Path) -> Dataset:
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise InputError(f"{path}: {size / 1e6:.0f} MB is over the {MAX_JSON_BYTES / 1e6:.0f} MB limit")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    data = load_json(path, max_bytes=MAX_JSON_BYTES)
     return from_coco(data, str(path))
 
 
-def _segmentation(seg, image: ImageAnnotation, where: str) -> list:
+def _segmentation(seg, image: ImageAnnotation, where: str, budget: list[int]) -> list:
     if isinstance(seg, dict):
         try:
-            if [int(v) for v in seg["size"]] != [image.height, image.width]:
-                raise InputError(f"{where}: RLE size {seg['size']} is not the image's "
+            size = [int(v) for v in seg["size"]]
+            if size != [image.height, image.width]:
+                raise InputError(f"{where}: RLE size {str(size)[:40]} is not the image's "
                                  f"[{image.height}, {image.width}]")
-            full = masks.coco_rle_decode(seg)
+            mask = masks.coco_rle_to_mask(seg, max_pixels=budget[0])
         except InputError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: bad RLE segmentation ({exc})") from None
-        mask = masks.mask_from_bitmap(full)
+        except masks.MaskBudgetError:
+            raise InputError(f"{where}: the file's masks add up to over "
+                             f"{MAX_TOTAL_MASK_PIXELS // 10**6} million pixels; export the task in parts") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"{where}: bad RLE segmentation ({str(exc)[:200]})") from None
+        if mask is not None:
+            budget[0] -= mask.width * mask.height
+            if budget[0] < 0:
+                raise InputError(f"{where}: the file's masks add up to over "
+                                 f"{MAX_TOTAL_MASK_PIXELS // 10**6} million pixels; export the task in parts")
         return [mask] if mask is not None else []  # empty: falls back to the bbox
     if isinstance(seg, list):
         polygons = []
@@ -169,42 +175,61 @@ def from_coco(data: dict, name: str = "<coco>") -> Dataset:
         for img in data["images"]:
             image = ImageAnnotation(name=str(img["file_name"]), width=int(img["width"]),
                                     height=int(img["height"]), id=int(img["id"]))
+            if not (0 < image.width and 0 < image.height
+                    and image.width * image.height <= masks.MAX_MASK_PIXELS):
+                raise InputError(f"{name}: image id={image.id}: size {image.width}x{image.height} "
+                                 f"is not positive or over the {masks.MAX_MASK_PIXELS // 10**6} MP limit")
             by_id[image.id] = image
             dataset.images.append(image)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{name}: malformed images or categories ({type(exc).__name__}: {exc})") from None
-    for ann in data.get("annotations", []):
-        where = f"{name}: annotation id={ann.get('id')!r}"
-        image = by_id.get(ann.get("image_id"))
-        if image is None:
-            raise InputError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        label = categories.get(ann.get("category_id"))
-        if label is None:
-            raise InputError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
-        attrs = dict(ann.get("attributes") or {})
-        extra = {k: str(v) for k, v in attrs.items() if k not in _CVAT_KEYS}
-        if ann.get("iscrowd"):
-            extra["iscrowd"] = "1"
-        seg = ann.get("segmentation")
-        geometries = _segmentation(seg, image, where) if seg else []
-        if not geometries:
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4):
-                raise InputError(f"{where}: neither a segmentation nor a bbox")
-            x, y, w, h = (float(v) for v in bbox)
-            geometries = [Box(x, y, x + w, y + h)]
-        group = attrs.get("group") or (int(ann.get("id", 0)) if len(geometries) > 1 else None)
-        for geom in geometries:
-            image.instances.append(
-                Instance(
-                    label=label,
-                    geometry=geom,
-                    score=float(ann["score"]) if ann.get("score") is not None else None,
-                    attributes=dict(extra),
-                    occluded=bool(attrs.get("occluded", False)),
-                    z_order=int(attrs.get("z_order", 0) or 0),
-                    group=int(group) if group else None,
-                    source=str(attrs.get("source", "manual")),
-                )
-            )
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"{name}: malformed images or categories ({type(exc).__name__}: {str(exc)[:200]})") from None
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise InputError(f"{name}: 'annotations' must be a list")
+    budget = [MAX_TOTAL_MASK_PIXELS]
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            raise InputError(f"{name}: every annotation must be an object")
+        where = f"{name}: annotation id={_shown(ann.get('id'))}"
+        try:
+            _read_annotation(ann, where, by_id, categories, budget)
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"{where}: malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
     return dataset
+
+
+def _read_annotation(ann: dict, where: str, by_id: dict, categories: dict, budget: list[int]) -> None:
+    image = by_id.get(ann.get("image_id"))
+    if image is None:
+        raise InputError(f"{where}: image_id {_shown(ann.get('image_id'))} is not in 'images'")
+    label = categories.get(ann.get("category_id"))
+    if label is None:
+        raise InputError(f"{where}: category_id {_shown(ann.get('category_id'))} is not in 'categories'")
+    attrs = dict(ann.get("attributes") or {})
+    extra = {k: str(v) for k, v in attrs.items() if k not in _CVAT_KEYS}
+    if ann.get("iscrowd"):
+        extra["iscrowd"] = "1"
+    seg = ann.get("segmentation")
+    geometries = _segmentation(seg, image, where, budget) if seg else []
+    if not geometries:
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise InputError(f"{where}: neither a segmentation nor a bbox")
+        x, y, w, h = (float(v) for v in bbox)
+        geometries = [Box(x, y, x + w, y + h)]
+    group = attrs.get("group") or (int(ann.get("id", 0)) if len(geometries) > 1 else None)
+    for geom in geometries:
+        image.instances.append(
+            Instance(
+                label=label,
+                geometry=geom,
+                score=float(ann["score"]) if ann.get("score") is not None else None,
+                attributes=dict(extra),
+                occluded=bool(attrs.get("occluded", False)),
+                z_order=int(attrs.get("z_order", 0) or 0),
+                group=int(group) if group else None,
+                source=str(attrs.get("source", "manual")),
+            )
+        )

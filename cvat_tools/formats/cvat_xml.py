@@ -33,8 +33,12 @@ from .annotations import (
     Points,
     Polygon,
 )
+from .safe_names import shown
 
 MAX_XML_BYTES = 512 * 1024 * 1024
+# Decoded mask pixels one file may hold in memory (1 byte each): a few bytes of XML can
+# declare masks of any size, so the readers count what they decode.
+MAX_TOTAL_MASK_PIXELS = 192_000_000
 _UNSUPPORTED = ("polyline", "ellipse", "cuboid", "skeleton", "tag")
 
 
@@ -71,8 +75,9 @@ def parse_cvat_xml(data: bytes | str, name: str = "<xml>") -> Dataset:
     if root.find("track") is not None:
         dataset.skipped.append({"image": "", "label": "", "reason": "tracks (video mode) are not read; "
                                 "export as 'CVAT for images 1.1'"})
+    budget = [MAX_TOTAL_MASK_PIXELS]
     for index, el in enumerate(root.iter("image")):
-        dataset.images.append(_read_image(el, index, name, dataset))
+        dataset.images.append(_read_image(el, index, name, dataset, budget))
     return dataset
 
 
@@ -113,9 +118,9 @@ def _number(value: str | None, what: str, where: str) -> float:
     try:
         out = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise InputError(f"{where}: {what}={value!r} is not a number") from None
+        raise InputError(f"{where}: {what}={shown(value)} is not a number") from None
     if out != out or out in (float("inf"), float("-inf")):
-        raise InputError(f"{where}: {what}={value!r} is not a finite number")
+        raise InputError(f"{where}: {what}={shown(value)} is not a finite number")
     return out
 
 
@@ -126,7 +131,7 @@ def _int(value: str | None, what: str, where: str, default: int | None = None) -
         return default
     number = _number(value, what, where)
     if not number.is_integer():
-        raise InputError(f"{where}: {what}={value!r} is not a whole number")
+        raise InputError(f"{where}: {what}={shown(value)} is not a whole number")
     return int(number)
 
 
@@ -137,14 +142,15 @@ def _points(text: str | None, where: str) -> list[tuple[float, float]]:
             continue
         parts = pair.split(",")
         if len(parts) != 2:
-            raise InputError(f"{where}: malformed point {pair!r} (expected 'x,y;x,y;...')")
+            raise InputError(f"{where}: malformed point {shown(pair)} (expected 'x,y;x,y;...')")
         out.append((_number(parts[0], "x", where), _number(parts[1], "y", where)))
     return out
 
 
-def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> ImageAnnotation:
+def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset,
+                budget: list[int]) -> ImageAnnotation:
     image_name = el.get("name")
-    where = f"{name}: <image id={el.get('id')!r} name={image_name!r}>"
+    where = f"{name}: <image id={shown(el.get('id'), 20)} name={shown(image_name)}>"
     if not image_name:
         raise InputError(f"{name}: <image> number {index + 1} has no name")
     image = ImageAnnotation(
@@ -155,10 +161,13 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> Imag
     )
     if image.width <= 0 or image.height <= 0:
         raise InputError(f"{where}: image size {image.width}x{image.height} is not positive")
+    if image.width * image.height > masks.MAX_MASK_PIXELS:
+        raise InputError(f"{where}: image size {image.width}x{image.height} is over the "
+                         f"{masks.MAX_MASK_PIXELS // 10**6} MP limit")
     for shape in el:
         tag = shape.tag
         label = shape.get("label", "")
-        shape_where = f"{where} <{tag} label={label!r}>"
+        shape_where = f"{where} <{shown(tag, 20)} label={shown(label, 40)}>"
         if tag in _UNSUPPORTED:
             dataset.skipped.append({"image": image_name, "label": label, "reason": f"{tag} is not supported"})
             continue
@@ -172,7 +181,7 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> Imag
                 dataset.skipped.append({"image": image_name, "label": label,
                                         "reason": "rotated box read without its rotation"})
         elif tag == "mask":
-            geometry = _read_mask(shape, shape_where)
+            geometry = _read_mask(shape, shape_where, image, budget)
         else:
             continue  # unknown element: CVAT adds new ones from time to time
         image.instances.append(
@@ -189,16 +198,24 @@ def _read_image(el: ET.Element, index: int, name: str, dataset: Dataset) -> Imag
     return image
 
 
-def _read_mask(el: ET.Element, where: str) -> Mask:
+def _read_mask(el: ET.Element, where: str, image: ImageAnnotation, budget: list[int]) -> Mask:
     left = _int(el.get("left"), "left", where)
     top = _int(el.get("top"), "top", where)
     width = _int(el.get("width"), "width", where)
     height = _int(el.get("height"), "height", where)
     if width <= 0 or height <= 0:
         raise InputError(f"{where}: mask size {width}x{height} is not positive")
+    # CVAT crops a mask to the image: a larger one is hostile or broken (checked before decoding)
+    if width > image.width or height > image.height:
+        raise InputError(f"{where}: mask size {width}x{height} is larger than its "
+                         f"{image.width}x{image.height} image")
+    budget[0] -= width * height
+    if budget[0] < 0:
+        raise InputError(f"{where}: the file's masks add up to over {MAX_TOTAL_MASK_PIXELS // 10**6} "
+                         "million pixels; export the task in parts")
     try:
-        rle = [int(v) for v in (el.get("rle") or "").replace(" ", "").split(",") if v != ""]
-        bitmap = masks.cvat_rle_decode(rle, width, height)
+        runs = masks.parse_runs(el.get("rle") or "", width * height)
+        bitmap = masks.cvat_rle_decode(runs, width, height)
     except ValueError as exc:
         raise InputError(f"{where}: bad mask rle ({exc})") from None
     return Mask(bitmap=bitmap, left=left, top=top)

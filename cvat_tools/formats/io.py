@@ -7,15 +7,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
+from ..guarded import load_json
+from .coco import MAX_JSON_BYTES
+from .safe_names import shown
 from .annotations import Dataset
 
 FORMATS = ("auto", "cvat", "coco", "yolo", "thesis")
+# A blood smear field holds hundreds of cells, not tens of thousands; every shape costs a
+# full-image mask downstream, so a file cannot ask for unbounded work through tiny shapes.
+MAX_INSTANCES_PER_IMAGE = 10_000
 
 
 def _json_kind(path: Path) -> str:
@@ -29,10 +34,7 @@ def _json_kind(path: Path) -> str:
         return "thesis"
     if '"images"' in head or '"annotations"' in head or '"categories"' in head:
         return "coco"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    data = load_json(path, max_bytes=MAX_JSON_BYTES)
     if isinstance(data, dict) and "data" in data:
         return "thesis"
     if isinstance(data, dict) and "images" in data:
@@ -64,6 +66,15 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
 
 
 def _read(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
+    dataset = _read_format(fmt, path, images_dir)
+    for image in dataset.images:
+        if len(image.instances) > MAX_INSTANCES_PER_IMAGE:
+            raise InputError(f"{path}: image {shown(image.name)} has {len(image.instances)} shapes, over "
+                             f"the {MAX_INSTANCES_PER_IMAGE} limit (export writes a mask per shape)")
+    return dataset
+
+
+def _read_format(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
     if fmt == "cvat":
         from .cvat_xml import read_cvat_xml
 

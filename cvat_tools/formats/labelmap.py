@@ -6,13 +6,11 @@ known aliases ("Neutrophils", "BNE", "band_cell" ...). A map may send a label to
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import yaml
 
 from .. import labels
 from ..errors import InputError
+from ..guarded import load_json, load_yaml
 from .annotations import Dataset, LabelSpec
 
 MAX_MAP_BYTES = 1024 * 1024
@@ -25,21 +23,13 @@ def _norm(name: str) -> str:
 def load_label_map(path: str | Path) -> dict[str, str | None]:
     """Read a YAML or JSON mapping ``source label -> project label`` (or null to drop)."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_MAP_BYTES:
-            raise InputError(f"{path}: a label map over 1 MB is not a label map")
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the label map ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the label map is not UTF-8 text") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: not valid YAML/JSON ({exc})") from None
+    if path.suffix.lower() == ".json":
+        data = load_json(path, max_bytes=MAX_MAP_BYTES)
+    else:  # YAML is a superset of JSON: any other suffix reads as YAML
+        data = load_yaml(path, max_bytes=MAX_MAP_BYTES)
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise InputError(f"{path}: a label map is a mapping 'label in the file: project label', e.g.\n"
-                         "  Neutrophil-segmented: neutrophil\n  rbc: null")
+        raise InputError(f"{path}: a label map is a mapping 'label in the file: project label', "
+                         "e.g. 'Neutrophil-segmented: neutrophil' and 'rbc: null' on their own lines")
     out: dict[str, str | None] = {}
     bad = []
     for key, value in data.items():
@@ -48,10 +38,11 @@ def load_label_map(path: str | Path) -> dict[str, str | None]:
             continue
         target = labels.canonical(str(value))
         if target is None:
-            bad.append(f"{key!r} -> {value!r}")
+            bad.append(f"{key[:40]!r} -> {str(value)[:40]!r}")
         out[key] = target
     if bad:
-        raise InputError(f"{path}: maps to labels the project does not have: {', '.join(bad)}; "
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise InputError(f"{path}: maps to labels the project does not have: {shown}; "
                          f"project labels: {', '.join(labels.ALL_CLASSES)}")
     return out
 

@@ -29,14 +29,22 @@ Wire formats, each pinned to its reference:
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from ..imaging import MAX_PIXELS
 from .annotations import Mask
 
 Point = tuple[float, float]
+
+# No cell outline has this many vertices (a 4000 px perimeter traced at every pixel has
+# 4000); above it shapely's validity repair can run for minutes, so such polygons are skipped.
+MAX_POLYGON_VERTICES = 20_000
+# Largest mask or annotated image a reader accepts: the pixel limit of imaging.py.
+MAX_MASK_PIXELS = MAX_PIXELS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +140,8 @@ def _grow_to_pixel_edges(inset: list[Point]) -> list[Point]:
     from shapely.geometry import Polygon as ShapelyPolygon
     from shapely.validation import make_valid
 
+    if len(inset) > MAX_POLYGON_VERTICES:  # noisy giant masks: keep shapely out of it
+        return inset
     try:
         grown = make_valid(ShapelyPolygon(inset)).buffer(0.25, join_style="mitre", mitre_limit=2.0)
     except Exception:
@@ -224,6 +234,8 @@ def repair_polygon(points: Sequence[Sequence[float]], width: int, height: int) -
     from shapely.geometry import box
     from shapely.validation import make_valid
 
+    if len(points) > MAX_POLYGON_VERTICES:
+        return []
     try:
         pts = [(float(x), float(y)) for x, y in points]
     except (TypeError, ValueError):
@@ -302,13 +314,52 @@ def _runs(flat: np.ndarray) -> list[int]:
 
 
 def _unruns(rle: Sequence[int], size: int) -> np.ndarray:
-    counts = np.asarray([int(v) for v in rle], dtype=np.int64)
-    if (counts < 0).any():
-        raise ValueError("negative run length in mask RLE")
-    if int(counts.sum()) != size:
-        raise ValueError(f"mask RLE covers {int(counts.sum())} pixels, the mask has {size}")
-    values = (np.arange(len(counts)) & 1) != 0
+    """Flat bool array of runs that must cover exactly ``size`` pixels (ValueError otherwise).
+
+    Checked before anything is allocated: no run may exceed ``size`` (so no int64 overflow)
+    and there can be at most ``size + 1`` runs, so the work is bounded by the mask's own size.
+    """
+    if isinstance(rle, np.ndarray) and rle.dtype.kind in "iu":
+        counts = rle.astype(np.int64, copy=False).ravel()
+    else:
+        if len(rle) > min(size + 1, MAX_RLE_RUNS):
+            raise ValueError(f"mask RLE has {len(rle)} runs, over the limit for a {size}-pixel mask")
+        values = [int(v) for v in rle]
+        if any(v < 0 or v > size for v in values):
+            raise ValueError("mask RLE has a run length below 0 or over the mask size")
+        counts = np.asarray(values, dtype=np.int64)
+    if counts.size > min(size + 1, MAX_RLE_RUNS):
+        raise ValueError(f"mask RLE has {counts.size} runs, over the limit for a {size}-pixel mask")
+    if counts.size and (counts.min() < 0 or counts.max() > size):
+        raise ValueError("mask RLE has a run length below 0 or over the mask size")
+    total = int(counts.sum())
+    if total != size:
+        raise ValueError(f"mask RLE covers {total} pixels, the mask has {size}")
+    values = (np.arange(counts.size) & 1) != 0
     return np.repeat(values, counts)
+
+
+# Runs one mask may have. A cell's mask has about two per row; even a noisy brush mask of a
+# whole 12 MP photograph stays far below. Bounds the decoder's memory (8 bytes a run).
+MAX_RLE_RUNS = 1_000_000
+_RUNS_TEXT = re.compile(r"\d{1,15}(?:\s*,\s*\d{1,15})*", re.ASCII)
+
+
+def parse_runs(text: str, size: int) -> np.ndarray:
+    """Run lengths from CVAT XML's ``rle="3, 5, 2"`` text, bounded by the mask ``size``.
+
+    ValueError (never OverflowError, never a huge list) for anything that is not a plain
+    comma-separated list of at most ``min(size + 1, MAX_RLE_RUNS)`` whole numbers.
+    """
+    text = (text or "").strip().rstrip(",").strip()
+    if not text:
+        return np.zeros(0, dtype=np.int64)
+    n = text.count(",") + 1
+    if n > min(size + 1, MAX_RLE_RUNS):
+        raise ValueError(f"mask RLE has {n} runs, over the limit for a {size}-pixel mask")
+    if not _RUNS_TEXT.fullmatch(text):
+        raise ValueError("rle must be comma-separated whole numbers below 10^15")
+    return np.fromstring(text, dtype=np.int64, sep=",")
 
 
 def cvat_rle_encode(bitmap: np.ndarray) -> list[int]:
@@ -420,29 +471,50 @@ def _coco_counts_to_string(counts: Iterable[int]) -> str:
     return "".join(out)
 
 
-def _coco_string_to_counts(s: str | bytes) -> list[int]:
-    """pycocotools ``rleFrString``."""
-    if isinstance(s, bytes):
-        s = s.decode("ascii")
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x = 0
-        k = 0
-        more = True
-        while more:
-            if p >= len(s):
-                raise ValueError("truncated COCO RLE string")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
+# A count needs at most 7 chars of 5 bits (2^35 pixels, far above any image); pycocotools'
+# C code stops at 64 bits. Longer runs of continuation chars are what made the old decoder
+# build huge Python ints (quadratic time, then OverflowError).
+_MAX_COUNT_CHARS = 12
+
+
+def _coco_string_to_counts(s: str | bytes, size: int | None = None) -> np.ndarray:
+    """pycocotools ``rleFrString``, vectorised (linear time), as an int64 array.
+
+    With ``size`` the string may not hold more counts than ``size + 1`` (the decoder never
+    works past what the mask can hold); a value longer than 12 chars is a ValueError.
+    """
+    if isinstance(s, str):
+        try:
+            s = s.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("COCO RLE string is not ASCII") from None
+    if len(s) > 4 * MAX_RLE_RUNS:
+        raise ValueError(f"COCO RLE string of {len(s)} chars is over the {4 * MAX_RLE_RUNS} limit")
+    chars = np.frombuffer(bytes(s), dtype=np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (chars < 0).any() or (chars > 63).any():
+        raise ValueError("COCO RLE string has characters outside '0'..'o'")
+    last = (chars & 0x20) == 0  # the last char of each value has no continuation bit
+    if not last[-1]:
+        raise ValueError("truncated COCO RLE string")
+    ends = np.flatnonzero(last)
+    if ends.size > MAX_RLE_RUNS or (size is not None and ends.size > size + 1):
+        raise ValueError(f"COCO RLE has {ends.size} counts, over the limit for its size")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > _MAX_COUNT_CHARS:
+        raise ValueError("COCO RLE count is implausibly long (over 12 chars)")
+    value_of = np.repeat(np.arange(ends.size), lengths)
+    k = np.arange(chars.size) - starts[value_of]
+    x = np.zeros(ends.size, dtype=np.int64)
+    np.add.at(x, value_of, (chars & 0x1F) << (5 * k))
+    negative = (chars[ends] & 0x10) != 0  # sign-extend from the last char's top bit
+    x[negative] -= np.left_shift(np.int64(1), 5 * lengths[negative])
+    # counts[i] = x[i] + counts[i - 2] for i > 2: running sums over odd and even indices
+    counts = x.copy()
+    counts[3::2] = np.cumsum(x[1::2])[1:]
+    counts[4::2] = np.cumsum(x[2::2])[1:]
     return counts
 
 
@@ -459,16 +531,76 @@ def coco_rle_encode(bitmap_full: np.ndarray) -> dict:
 def coco_rle_decode(rle: dict) -> np.ndarray:
     """Bool bitmap (h x w) of a COCO RLE, compressed (str/bytes) or uncompressed (list)."""
     h, w = (int(v) for v in rle["size"])
+    if h <= 0 or w <= 0 or h * w > MAX_MASK_PIXELS:
+        raise ValueError(f"COCO RLE size {[h, w]} is not positive or over {MAX_MASK_PIXELS // 10**6} MP")
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
-        counts = _coco_string_to_counts(counts)
+        counts = _coco_string_to_counts(counts, h * w)
+    elif not isinstance(counts, list):
+        raise ValueError("COCO RLE counts must be a string or a list")
     flat = _unruns(counts, h * w)
     return flat.reshape(w, h).T.copy()
+
+
+class MaskBudgetError(ValueError):
+    """Decoding would take more pixels than the caller allowed."""
+
+
+def coco_rle_to_mask(rle: dict, max_pixels: int | None = None) -> Mask | None:
+    """Tight :class:`Mask` of a COCO RLE (None when empty), decoding only the columns that
+    hold foreground: work and memory follow the cell's size, not the image's.
+
+    ``max_pixels``: :class:`MaskBudgetError` (before decoding) when the columns to decode
+    hold more pixels than that.
+    """
+    h, w = (int(v) for v in rle["size"])
+    if h <= 0 or w <= 0 or h * w > MAX_MASK_PIXELS:
+        raise ValueError(f"COCO RLE size {[h, w]} is not positive or over {MAX_MASK_PIXELS // 10**6} MP")
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        counts = _coco_string_to_counts(counts, h * w)
+    elif isinstance(counts, list):
+        if len(counts) > min(h * w + 1, MAX_RLE_RUNS):
+            raise ValueError(f"COCO RLE has {len(counts)} counts, over the limit for its size")
+        if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= h * w for v in counts):
+            raise ValueError("COCO RLE counts must be whole numbers between 0 and the mask size")
+        counts = np.asarray(counts, dtype=np.int64)
+    else:
+        raise ValueError("COCO RLE counts must be a string or a list")
+    if counts.size and (counts.min() < 0 or counts.max() > h * w):
+        raise ValueError("COCO RLE has a count below 0 or over the mask size")
+    ends = np.cumsum(counts)
+    if counts.size == 0 or int(ends[-1]) != h * w:
+        raise ValueError(f"COCO RLE covers {int(ends[-1]) if counts.size else 0} pixels, the mask has {h * w}")
+    fg = np.flatnonzero((np.arange(counts.size) & 1).astype(bool) & (counts > 0))
+    if fg.size == 0:
+        return None
+    first, last = int(fg[0]), int(fg[-1])
+    start = int(ends[first] - counts[first])
+    col0, col1 = start // h, (int(ends[last]) - 1) // h
+    if max_pixels is not None and (col1 - col0 + 1) * h > max_pixels:
+        raise MaskBudgetError(f"decoding needs {(col1 - col0 + 1) * h} pixels, over the {max_pixels} left")
+    by_column = np.zeros((col1 - col0 + 1) * h, dtype=bool)
+    fg_starts = (ends[fg] - counts[fg]) - col0 * h
+    fg_ends = ends[fg] - col0 * h
+    if fg.size <= 256:  # few long runs: slice fills beat np.repeat ~20x
+        for a, b in zip(fg_starts.tolist(), fg_ends.tolist()):
+            by_column[a:b] = True
+    else:
+        local = np.concatenate(([start - col0 * h], counts[first:last + 1],
+                                [(col1 + 1) * h - int(ends[last])]))
+        by_column = np.repeat((np.arange(local.size) & 1).astype(bool), local)
+    by_column = by_column.reshape(col1 - col0 + 1, h)  # its first and last column hold foreground
+    rows = np.flatnonzero(by_column.any(axis=0))
+    # cv2's blocked transpose: numpy's strided one takes ~0.5 s on a 64 MP mask
+    crop = cv2.transpose(np.ascontiguousarray(by_column[:, rows[0]:rows[-1] + 1]).view(np.uint8))
+    return Mask(bitmap=crop.view(bool), left=col0, top=int(rows[0]))
 
 
 def coco_rle_area(rle: dict) -> int:
     """Foreground pixels of a COCO RLE without decoding it."""
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
-        counts = _coco_string_to_counts(counts)
-    return int(sum(counts[1::2]))
+        h, w = (int(v) for v in rle["size"])
+        counts = _coco_string_to_counts(counts, h * w)
+    return int(sum(int(v) for v in counts[1::2]))

@@ -9,13 +9,14 @@ One polygon per cell. Masks and boxes are written as their polygon outline; poin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import InputError
+from ..guarded import load_json
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, Mask, Points, Polygon
+from .safe_names import shown
 
 MAX_JSON_BYTES = 512 * 1024 * 1024
 
@@ -26,15 +27,7 @@ def is_thesis_json(data: object) -> bool:
 
 def read_thesis_json(path: str | Path) -> Dataset:
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise InputError(f"{path}: over the {MAX_JSON_BYTES / 1e6:.0f} MB limit")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    return from_thesis_json(data, str(path))
+    return from_thesis_json(load_json(path, max_bytes=MAX_JSON_BYTES), str(path))
 
 
 def from_thesis_json(data: dict, name: str = "<json>") -> Dataset:
@@ -44,27 +37,34 @@ def from_thesis_json(data: dict, name: str = "<json>") -> Dataset:
     keys = sorted(data["data"], key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
     for key in keys:
         entry = data["data"][key]
-        where = f"{name}: data[{key!r}]"
+        where = f"{name}: data[{shown(key, 40)}]"
         try:
             image = ImageAnnotation(name=str(entry["filename"]), width=int(entry["width"]),
                                     height=int(entry["height"]),
                                     id=int(key) if str(key).isdigit() else None)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: needs filename, width and height ({exc})") from None
-        for k, cell in enumerate(entry.get("masks") or []):
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"{where}: needs filename, width and height ({str(exc)[:200]})") from None
+        if not (0 < image.width and 0 < image.height and image.width * image.height <= masks.MAX_MASK_PIXELS):
+            raise InputError(f"{where}: image size {image.width}x{image.height} is not positive or "
+                             f"over the {masks.MAX_MASK_PIXELS // 10**6} MP limit")
+        cells = entry.get("masks") or []
+        if not isinstance(cells, list):
+            raise InputError(f"{where}: 'masks' must be a list")
+        for k, cell in enumerate(cells):
             cell_where = f"{where}.masks[{k}]"
             try:
                 label = str(cell["class_name"])
                 points = [(float(x), float(y)) for x, y in cell.get("vertices") or []]
                 score = cell.get("score")
                 score = float(score) if score is not None else None
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"{cell_where}: needs class_name and vertices [[x, y], ...] ({exc})") from None
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+                raise InputError(f"{cell_where}: needs class_name and vertices [[x, y], ...] "
+                                 f"({str(exc)[:200]})") from None
             if not points:
                 box = cell.get("bounding_box") or {}
                 try:
                     geom = Box(float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"]))
-                except (KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
                     dataset.skipped.append({"image": image.name, "label": label,
                                             "reason": f"{cell_where}: no vertices and no bounding_box"})
                     continue

@@ -19,11 +19,14 @@ import yaml
 
 from ..atomic import atomic_dir
 from ..errors import InputError
+from ..guarded import load_yaml
 from ..imaging import IMAGE_SUFFIXES, image_size
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
+from .safe_names import safe_relative
 
 SUBSET = "train"
+MAX_LABEL_BYTES = 64 * 2**20  # one image's label lines; a field's cells take a few hundred KB
 
 
 def find_data_yaml(path: str | Path) -> Path | None:
@@ -37,10 +40,7 @@ def find_data_yaml(path: str | Path) -> Path | None:
 
 
 def _names(data_yaml: Path) -> list[str]:
-    try:
-        data = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{data_yaml}: not a readable YAML file ({exc})") from None
+    data = load_yaml(data_yaml)
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         try:
@@ -113,6 +113,8 @@ def read_yolo(
 
 def _read_label_file(label_file: Path, image: ImageAnnotation, names: list[str], dataset: Dataset) -> None:
     try:
+        if label_file.stat().st_size > MAX_LABEL_BYTES:
+            raise InputError(f"{label_file}: over the {MAX_LABEL_BYTES // 2**20} MiB limit for a label file")
         lines = label_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{label_file}: cannot read ({exc})") from None
@@ -167,7 +169,8 @@ def write_yolo(dataset: Dataset, folder: str | Path, images_dir: str | Path | No
         (tmp / "images" / SUBSET).mkdir(parents=True)
         listed = []
         for image in dataset.images:
-            stem = Path(image.name).stem
+            name = safe_relative(image.name).name  # never a path outside the folder
+            stem = Path(name).stem
             lines = []
             for inst in image.instances:
                 points = _polygon_of(inst)
@@ -178,7 +181,6 @@ def write_yolo(dataset: Dataset, folder: str | Path, images_dir: str | Path | No
                 coords = " ".join(f"{x / image.width:.6f} {y / image.height:.6f}" for x, y in points)
                 lines.append(f"{index[inst.label]} {coords}")
             (tmp / "labels" / SUBSET / f"{stem}.txt").write_text("".join(l + "\n" for l in lines))
-            name = Path(image.name).name
             listed.append(f"images/{SUBSET}/{name}")
             if stem in sources:
                 shutil.copy2(sources[stem], tmp / "images" / SUBSET / name)

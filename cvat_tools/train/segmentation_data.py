@@ -7,7 +7,6 @@ costs nothing until used.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ import numpy as np
 from .. import labels as L
 from ..errors import InputError
 from ..formats.masks import coco_rle_decode, polygon_to_mask
-from ..imaging import load_image
+from ..formats.safe_names import join_inside, safe_relative
+from ..guarded import load_json
+from ..imaging import MAX_PIXELS, load_image
 from ..segment.normalize import balance_background
 
 # Working scale of a field: the long side a 640x480 BCCD field has before the model's rescale.
@@ -109,8 +110,8 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
     segmentation is a cell (optionally only those whose category name is ``label``)."""
     folder = Path(folder)
     path = folder / "annotations.json"
+    coco = load_json(path)
     try:
-        coco = json.loads(path.read_text())
         cats = {c["id"]: c["name"] for c in coco.get("categories", [])}
         by_image: dict[int, list[dict]] = {}
         for ann in coco.get("annotations", []):
@@ -120,12 +121,17 @@ def read_coco(folder: str | Path, label: str | None = None) -> list[SegSample]:
         for im in coco["images"]:
             anns = by_image.get(im["id"], [])
             h, w = int(im["height"]), int(im["width"])
-            image_path = folder / "images" / im["file_name"]
+            if not (0 < h and 0 < w and h * w <= MAX_PIXELS):  # masks are allocated at this size
+                raise InputError(f"{path}: image {str(im.get('file_name'))[:80]!r} size {w}x{h} is "
+                                 f"not positive or over the {MAX_PIXELS // 10**6} MP limit")
+            # names from the file never lead outside the folder
+            image_path = join_inside(folder / "images", str(im["file_name"]))
             if not image_path.is_file():
-                image_path = folder / im["file_name"]
-            samples.append(SegSample(image_path, (lambda a=anns, h=h, w=w: _coco_masks(a, h, w)), im["file_name"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: not a COCO instances file ({exc})") from None
+                image_path = join_inside(folder, str(im["file_name"]))
+            samples.append(SegSample(image_path, (lambda a=anns, h=h, w=w: _coco_masks(a, h, w)),
+                                     safe_relative(str(im["file_name"])).as_posix()))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: not a COCO instances file ({str(exc)[:200]})") from None
     return samples
 
 
