@@ -223,7 +223,7 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
 @click.option("--report", is_flag=True, help="Write report/counts.csv and report/counts.png.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with segmenter/ classifier/ refiner/ bundles (default: shipped).")
-@click.option("--segmenter", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--segmenter", type=click.Path(file_okay=False, path_type=Path),
               help="Segmenter bundle (default: shipped Mask R-CNN, else classical watershed).")
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Classifier bundle (default: shipped).")
