@@ -27,6 +27,7 @@ from . import labels as label_set
 from .errors import CvatToolsError
 from .formats.annotations import Instance
 from .formats.masks import mask_to_full
+from .frames import is_blank
 from .imaging import pil_to_rgb
 from .pipeline import Pipeline, attribute_specs
 
@@ -116,6 +117,8 @@ class WbcDetectionFunction:
         threshold = context.conf_threshold
         if threshold is None:
             threshold = DEFAULT_THRESHOLD
+        if is_blank(rgb):  # segmenters answer a black frame with one frame-sized "cell"
+            return []
         instances = self.pipeline.run(rgb, threshold=float(threshold))
         return [
             self._shape(inst, width, height, bool(context.conv_mask_to_poly))

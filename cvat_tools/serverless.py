@@ -340,7 +340,7 @@ def bounded_items(instances: list[Instance], width: int, height: int,
 
 def handler(context: Any, event: Any) -> Any:
     """One detector call: decode, run the pipeline, answer CVAT's response list."""
-    from .frames import decode_frame, to_frame
+    from .frames import decode_frame, is_blank, to_frame
 
     try:
         data, threshold = parse_request(event.body)
@@ -353,6 +353,9 @@ def handler(context: Any, event: Any) -> Any:
         context.logger.warn(f"frame {frame.width}x{frame.height} is over the pixel limit: "
                             f"downscaled to {w}x{h} for inference, masks placed back")
     try:
+        if is_blank(frame.image):
+            context.logger.info("blank frame (no structure): no cells")
+            return _response(context, [], 200)
         instances = context.user_data.pipeline.run(frame.image, threshold=threshold)
         items = bounded_items(to_frame(instances, frame), frame.width, frame.height,
                               context.logger.warn)

@@ -85,7 +85,7 @@ def network_timeouts(seconds: float):
     import urllib3
     from cvat_sdk.api_client import rest
 
-    timeout = urllib3.Timeout(connect=min(10.0, seconds), read=seconds)
+    timeout = (min(10.0, seconds), seconds)  # (connect, read): the form rest.py understands
     no_retry = urllib3.Retry(total=10, connect=0, read=0, status=0, other=0, redirect=5)
     original = rest.RESTClientObject.request
 
@@ -107,6 +107,16 @@ def network_timeouts(seconds: float):
         yield
     finally:
         rest.RESTClientObject.request = original
+
+
+def _ours(exc: BaseException) -> bool:
+    """True when ``exc`` was raised in cvat_tools' own code (a bug or a model error to show as
+    it is), not while cvat-sdk read the server's answer."""
+    package = str(Path(__file__).resolve().parents[1])
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and last.tb_frame.f_code.co_filename.startswith(package)
 
 
 def explain(exc: BaseException, host: str, timeout: float, doing: str) -> CvatToolsError | None:
@@ -133,7 +143,7 @@ def explain(exc: BaseException, host: str, timeout: float, doing: str) -> CvatTo
         return CvatToolsError(f"cannot reach CVAT at {where} ({type(reason).__name__}) while "
                               f"{doing}; check --host (scheme, host and port) and that the "
                               "server is up")
-    if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)):
+    if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)) and not _ours(exc):
         # HTML (a proxy or login page), non-UTF-8 or other non-API answers end up here
         return CvatToolsError(f"CVAT at {where} answered something that is not CVAT's API "
                               f"while {doing} ({type(exc).__name__}); check --host: it must "
