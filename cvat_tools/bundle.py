@@ -252,6 +252,34 @@ def load_bundle(
     return Bundle(path=path, manifest=manifest, state_dict=state)
 
 
+def load_weights_into(model: Any, bundle: Bundle) -> Any:
+    """``model.load_state_dict(bundle.state_dict)``, refusing weights of another shape with one
+    line naming the first misfit (a head with another number of classes than the labels)."""
+    expected = model.state_dict()
+    given = bundle.state_dict
+    for key, tensor in expected.items():
+        if key in given and hasattr(given[key], "shape") and tuple(given[key].shape) != tuple(tensor.shape):
+            hint = f" for {len(bundle.labels)} labels" if tensor.ndim and tensor.shape[0] == len(bundle.labels) else ""
+            raise BundleError(
+                f"{bundle.path}: weights do not fit {bundle.architecture}: {key} is "
+                f"{list(given[key].shape)} in the weights, {list(tensor.shape)} expected{hint}"
+            )
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing or unexpected:
+        raise BundleError(
+            f"{bundle.path}: weights do not fit {bundle.architecture}: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:2]})"
+        )
+    try:
+        model.load_state_dict(given)
+    except RuntimeError as exc:
+        raise BundleError(f"{bundle.path}: weights do not fit {bundle.architecture} "
+                          f"({' '.join(str(exc).split())[:200]})") from None
+    return model
+
+
 # Bundles that ship with the package (see cvat_tools/weights/MODEL_CARD.md).
 SHIPPED = Path(__file__).resolve().parent / "weights"
 
