@@ -27,8 +27,7 @@ from . import labels as label_set
 from .errors import CvatToolsError
 from .formats.annotations import Instance
 from .formats.masks import mask_to_full
-from .frames import is_blank
-from .imaging import pil_to_rgb
+from .frames import frame_from_pil, is_blank, to_frame
 from .pipeline import Pipeline, attribute_specs
 
 DEFAULT_THRESHOLD = 0.5  # when the caller gives no conf_threshold
@@ -112,14 +111,14 @@ class WbcDetectionFunction:
         self.spec = function_spec()
 
     def detect(self, context: Any, image: PIL.Image.Image) -> list[models.LabeledShapeRequest]:
-        rgb = pil_to_rgb(image)
-        height, width = rgb.shape[:2]  # polygons are clamped to this frame
+        frame = frame_from_pil(image)  # over the pixel limit: downscaled, not refused
+        rgb, width, height = frame.image, frame.width, frame.height  # shapes live on the frame
         threshold = context.conf_threshold
         if threshold is None:
             threshold = DEFAULT_THRESHOLD
         if is_blank(rgb):  # segmenters answer a black frame with one frame-sized "cell"
             return []
-        instances = self.pipeline.run(rgb, threshold=float(threshold))
+        instances = to_frame(self.pipeline.run(rgb, threshold=float(threshold)), frame)
         return [
             self._shape(inst, width, height, bool(context.conv_mask_to_poly))
             for inst in instances

@@ -147,3 +147,26 @@ def is_blank(image: np.ndarray) -> bool:
     step = max(1, int(math.sqrt(h * w / 1_000_000)))
     sample = np.asarray(image[::step, ::step], dtype=np.float32).reshape(-1, image.shape[2])
     return bool(sample.size == 0 or float(sample.std(axis=0).max()) < BLANK_STD)
+
+
+def frame_from_pil(img: Image.Image, max_pixels: int | None = None) -> Frame:
+    """An already-open PIL frame (how cvat-sdk hands them over) as a :class:`Frame`: over the
+    pixel limit it is downscaled for inference instead of refused, as in :func:`decode_frame`."""
+    from PIL import ImageOps
+
+    max_pixels = int(max_pixels or imaging.MAX_PIXELS)
+    w, h = img.size
+    if w * h <= max_pixels:
+        image = imaging.pil_to_rgb(img)
+        return Frame(image, image.shape[1], image.shape[0])
+    if w * h > MAX_HEADER_PIXELS:
+        raise ImageError(f"{w}x{h} pixels is over the {MAX_HEADER_PIXELS // 10**6} MP that can "
+                         "be downscaled safely")
+    img = ImageOps.exif_transpose(img)
+    w, h = img.size
+    factor = math.sqrt(max_pixels / (w * h))
+    target = (max(1, math.floor(w * factor)), max(1, math.floor(h * factor)))
+    resample = Image.NEAREST if img.mode in ("1", "P", "PA") else Image.BILINEAR
+    small = img.resize(target, resample, reducing_gap=3.0)
+    small.info.pop("exif", None)
+    return Frame(imaging._to_rgb(small), w, h)

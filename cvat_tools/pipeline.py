@@ -41,9 +41,10 @@ def attribute_specs() -> list[AttributeSpec]:
     """The attributes every instance carries: ONE declaration for the Nuclio ``spec``, the
     cvat-sdk function spec and the CVAT XML ``<meta>``.
 
-    Scores are integer percents ("number" 0..100 step 1): CVAT's lambda manager accepts a
-    number attribute only when ``value.isnumeric()`` and cvat-sdk only when ``int(value)``
-    parses, so "87" passes both where "0.87" would be dropped.
+    Scores are integer percents ("number" 0..100 step 1): CVAT's lambda manager (2.42) keeps
+    a number attribute only when ``int(value)`` parses within the range and on the step
+    (older CVAT: ``value.isnumeric()``) and cvat-sdk only when ``int(value)`` parses, so
+    "87" passes all of them where "0.87" would be dropped (tests/test_cvat_replay.py).
     """
     percent = ["0", "100", "1"]
     return [

@@ -184,3 +184,6 @@ def test_predict_cli_names_the_missing_segmenter(classifier_only, tmp_path, bccd
     code, out, err = run_cli("predict", image, "--out", tmp_path / "o", "--weights", classifier_only)
     assert code == 2 and "no segmenter/ bundle" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+    code, out, err = run_cli("predict", image, "--out", tmp_path / "o", "--weights", classifier_only,
+                             "--segmenter", "classical")
+    assert code == 0, err

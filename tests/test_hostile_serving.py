@@ -168,3 +168,26 @@ def test_foreign_classifier_labels_refused_at_start():
     pipeline = Pipeline(None, FakeModel([("alien", 0.9)], labels_=["alien", "lymphocyte"]))
     with pytest.raises(BundleError, match="not in the function's spec"):
         serverless.check_labels(pipeline)
+
+
+@pytest.mark.parametrize("poly", [True, False])
+def test_sdk_function_downscales_oversize_frames(weights_dir, bccd_dir, monkeypatch, poly):
+    import PIL.Image
+    from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl
+    from cvat_sdk.masks import decode_mask
+
+    from cvat_tools import cvat_function
+
+    function = cvat_function.create(weights=str(weights_dir))
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 100_000)  # the 640x480 field is 3x over
+    context = _DetectionFunctionContextImpl(frame_name="f.jpg", conf_threshold=0.5,
+                                            conv_mask_to_poly=poly)
+    with PIL.Image.open(bccd_dir / "images" / "BloodImage_00002.jpg") as image:
+        shapes = function.detect(context, image)
+    assert shapes
+    for shape in shapes:
+        if poly:
+            xy = np.asarray(shape.points).reshape(-1, 2)
+            assert (xy >= 0).all() and (xy[:, 0] <= 640).all() and (xy[:, 1] <= 480).all()
+        else:
+            assert decode_mask(shape.points, image_width=640, image_height=480).any()
