@@ -154,7 +154,7 @@ def test_weights_without_segmenter_is_refused_unless_classical_is_asked(env):
     assert "./cvat-tools/cvat_tools/weights/segmenter/manifest.json" in context
 
 
-def test_classical_segmenter_manifest_is_what_the_package_reads(env, tmp_path):
+def test_classical_segmenter_manifest_is_what_the_package_reads():
     import json
 
     from cvat_tools.bundle import check_manifest, is_classical
