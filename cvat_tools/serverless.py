@@ -42,9 +42,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import labels as label_set
 import numpy as np
 
+from . import labels as label_set
 from .errors import BundleError, CvatToolsError, InputError
 from .formats.annotations import Instance, Mask
 from .guarded import load_json
@@ -190,8 +190,11 @@ def parse_request(body: Any) -> tuple[bytes, float]:
                              "request body", max_bytes=MAX_REQUEST_BYTES)
         except InputError as exc:
             reason = str(exc).removeprefix("request body: ")
-            raise BadRequest(f'request body is not JSON ({reason[:120]}); '
-                             'send {"image": "<base64>"}') from None
+            if reason.startswith("not valid JSON"):
+                message = "request body is not JSON" + reason.removeprefix("not valid JSON")
+            else:  # nested too deeply, not UTF-8, over the size limit
+                message = f"request body refused: {reason}"
+            raise BadRequest(f'{message[:200]}; send {{"image": "<base64>"}}') from None
     if not isinstance(body, dict):
         raise BadRequest('request body must be a JSON object {"image": "<base64>"}')
     encoded = body.get("image")
