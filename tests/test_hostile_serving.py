@@ -12,7 +12,7 @@ from PIL import Image
 
 from cvat_tools import imaging, serverless
 from cvat_tools.errors import BundleError
-from cvat_tools.formats.annotations import Instance, Mask
+from cvat_tools.formats.annotations import Mask
 from pipeline_fakes import FakeModel
 from test_serverless import _b64, _bomb_png, _call, _check_item, _event, nuclio, weights_dir  # noqa: F401
 
