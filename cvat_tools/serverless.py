@@ -47,8 +47,8 @@ import numpy as np
 from . import labels as label_set
 from .errors import BundleError, CvatToolsError, InputError
 from .formats.annotations import Instance, Mask
-from .guarded import load_json
 from .formats.masks import mask_tight, mask_to_polygon, serverless_mask
+from .guarded import load_json
 from .pipeline import Pipeline, attribute_specs
 
 # Environment of the function container (function.yaml ``env``; tests set them too).
