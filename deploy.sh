@@ -30,6 +30,7 @@ WEIGHTS=""
 NETWORK="cvat_cvat"
 REGISTRY=""
 DRY_RUN=0
+CLASSICAL=0
 
 usage() {
     sed -n '2,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -39,7 +40,9 @@ usage() {
   --project NAME    Nuclio project (CVAT lists functions of project "cvat"; default cvat)
   --platform P      local (docker, default) or kube
   --weights DIR     folder with segmenter/ classifier/ refiner/ bundles to bake in
-                    (default: the shipped cvat_tools/weights/)
+                    (default: the shipped cvat_tools/weights/); it must hold segmenter/
+  --classical-segmenter  with --weights DIR lacking segmenter/: deploy the classical
+                    watershed segmenter (asked for, never a silent fallback)
   --network NAME    docker network of CVAT for --platform local (default cvat_cvat)
   --registry URL    image registry for --platform kube
   --dry-run         print the nuctl commands instead of running them
@@ -60,6 +63,7 @@ while [[ $# -gt 0 ]]; do
         --network) need_value "$@"; NETWORK="$2"; shift 2 ;;
         --registry) need_value "$@"; REGISTRY="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --classical-segmenter) CLASSICAL=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option '$1'" ;;
     esac
@@ -115,8 +119,13 @@ fi
 if [[ ! -f "$SOURCE_WEIGHTS/classifier/manifest.json" ]]; then
     die "no classifier bundle in $SOURCE_WEIGHTS/classifier; train one ('cvat-tools train classifier') and pass --weights DIR"
 fi
-[[ -f "$SOURCE_WEIGHTS/segmenter/manifest.json" ]] \
-    || warn "no segmenter bundle in $SOURCE_WEIGHTS: the function uses the classical watershed segmenter"
+if [[ -f "$SOURCE_WEIGHTS/segmenter/manifest.json" ]]; then
+    [[ $CLASSICAL -eq 0 ]] || die "--classical-segmenter: $SOURCE_WEIGHTS already holds a segmenter/ bundle"
+elif [[ -n "$WEIGHTS" && $CLASSICAL -eq 0 ]]; then
+    die "no segmenter bundle in $WEIGHTS/segmenter; add one ('cvat-tools train segmenter'), or pass --classical-segmenter to deploy the watershed segmenter"
+else
+    warn "no segmenter bundle in $SOURCE_WEIGHTS: the function uses the classical watershed segmenter"
+fi
 [[ -f "$SOURCE_WEIGHTS/refiner/manifest.json" ]] \
     || warn "no refiner bundle in $SOURCE_WEIGHTS: the classifier's answer is final"
 
@@ -140,6 +149,11 @@ if [[ -n "$WEIGHTS" ]]; then
     if [[ -f "$REPO/cvat_tools/weights/MODEL_CARD.md" ]]; then
         cp "$REPO/cvat_tools/weights/MODEL_CARD.md" "$STAGE/cvat-tools/cvat_tools/weights/"
     fi
+fi
+if [[ $CLASSICAL -eq 1 ]]; then  # the explicit choice, as cvat_tools.bundle.save_classical_segmenter writes it
+    mkdir -p "$STAGE/cvat-tools/cvat_tools/weights/segmenter"
+    printf '%s\n' '{"format": "cvat-tools-bundle", "format_version": 1, "kind": "segmenter", "labels": ["wbc"], "architecture": {"name": "classical"}}' \
+        > "$STAGE/cvat-tools/cvat_tools/weights/segmenter/manifest.json"
 fi
 
 if [[ $GPU -eq 1 ]]; then FUNCTION_FILE="function-gpu.yaml"; else FUNCTION_FILE="function.yaml"; fi

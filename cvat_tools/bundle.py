@@ -4,8 +4,14 @@
                            training data, metrics, version, weights sha256
     BUNDLE/weights.pt      a torch state dict (floating tensors stored fp16 by default)
 
-Loading checks the checksum, the kind and (when asked) the label set, so a wrong or
-corrupted file is refused with a message instead of giving silent nonsense.
+Loading checks the manifest's shape and bounds, the checksum, the kind, the binding of the
+label list to the weights (``weights.labels_sha256``) and (when asked) the label set, so a
+wrong, edited or corrupted file is refused with a one-line message instead of giving silent
+nonsense (or allocating what a hostile ``input_size`` asks for).
+
+A segmenter "bundle" may also record the classical watershed segmenter explicitly
+(``architecture.name == "classical"``, no weights): a weights folder then says which
+segmenter it means instead of falling back to one silently.
 """
 from __future__ import annotations
 
@@ -19,13 +25,20 @@ from typing import Any
 
 from . import __version__
 from .atomic import atomic_dir
-from .errors import BundleError
+from .errors import BundleError, InputError
+from .guarded import load_json
 
 FORMAT = "cvat-tools-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.pt"
 MANIFEST = "manifest.json"
 KINDS = ("segmenter", "classifier", "refiner")
+CLASSICAL = "classical"  # architecture name of the weight-less classical segmenter
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # the shipped classifier's (with its split) is ~0.8 MB
+MAX_LABELS = 1000
+# Bounds of the sizes a manifest sets: each allocates tensors of its square.
+INPUT_SIZE_RANGE = (16, 1024)
+LONG_SIDE_RANGE = (32, 4096)
 
 
 @dataclass
@@ -55,6 +68,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def labels_binding(kind: str, labels: list[str], weights_sha256: str) -> str:
+    """sha256 binding the label list (order included) and kind to the weights' checksum:
+    a permuted or edited label list no longer matches the weights it was trained with."""
+    text = json.dumps({"kind": kind, "labels": list(labels), "weights_sha256": weights_sha256},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save_bundle(
     path: str | Path,
     kind: str,
@@ -81,6 +102,7 @@ def save_bundle(
         buffer = io.BytesIO()
         torch.save(tensors, buffer)
         (tmp / WEIGHTS).write_bytes(buffer.getvalue())
+        sha = _sha256(tmp / WEIGHTS)
         body = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -89,7 +111,8 @@ def save_bundle(
             "architecture": architecture,
             "weights": {
                 "file": WEIGHTS,
-                "sha256": _sha256(tmp / WEIGHTS),
+                "sha256": sha,
+                "labels_sha256": labels_binding(kind, list(labels), sha),
                 "dtype": "float16" if half else "float32",
             },
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -98,6 +121,77 @@ def save_bundle(
         }
         (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def save_classical_segmenter(path: str | Path) -> Path:
+    """A weight-less segmenter bundle naming the classical watershed segmenter explicitly."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        body = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "segmenter",
+                "labels": ["wbc"], "architecture": {"name": CLASSICAL},
+                "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "cvat_tools_version": __version__}
+        (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def is_classical(manifest: dict[str, Any]) -> bool:
+    arch = manifest.get("architecture")
+    return (manifest.get("kind") == "segmenter" and isinstance(arch, dict)
+            and arch.get("name") == CLASSICAL)
+
+
+def _int_in(value: Any, bounds: tuple[int, int]) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]
+
+
+def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """``manifest`` if its fields have the types and bounds loading relies on, else BundleError."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{where}: not a cvat-tools bundle manifest")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{where}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: bundle format {version} is newer than this cvat-tools ({FORMAT_VERSION}); "
+            "upgrade cvat-tools"
+        )
+    kind = manifest.get("kind")
+    if kind not in KINDS:
+        raise BundleError(f"{where}: kind must be one of {', '.join(KINDS)}, got {str(kind)[:40]!r}")
+    labels = manifest.get("labels")
+    if (not isinstance(labels, list) or not labels or len(labels) > MAX_LABELS
+            or not all(isinstance(lab, str) and lab.strip() for lab in labels)):
+        raise BundleError(f"{where}: labels must be a non-empty list of names "
+                          f"(at most {MAX_LABELS})")
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: labels repeat a name")
+    arch = manifest.get("architecture", {})
+    if not isinstance(arch, dict):
+        raise BundleError(f"{where}: architecture must be an object")
+    if "input_size" in manifest and not _int_in(manifest["input_size"], INPUT_SIZE_RANGE):
+        raise BundleError(f"{where}: input_size must be an integer in {list(INPUT_SIZE_RANGE)}, "
+                          f"got {str(manifest['input_size'])[:40]}")
+    if "long_side" in arch and not _int_in(arch["long_side"], LONG_SIDE_RANGE):
+        raise BundleError(f"{where}: architecture.long_side must be an integer in "
+                          f"{list(LONG_SIDE_RANGE)}, got {str(arch['long_side'])[:40]}")
+    if is_classical(manifest):
+        return manifest
+    weights = manifest.get("weights")
+    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
+        raise BundleError(f"{where}: weights.sha256 missing; the manifest cannot vouch for its weights")
+    name = weights.get("file", WEIGHTS)
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise BundleError(f"{where}: weights.file must be a file name inside the bundle, "
+                          f"got {str(name)[:60]!r}")
+    binding = weights.get("labels_sha256")
+    if binding is not None and binding != labels_binding(kind, labels, weights["sha256"]):
+        raise BundleError(
+            f"{where}: labels {labels[:4]}{'...' if len(labels) > 4 else ''} are not the labels "
+            "these weights were saved with (reordered or edited?); restore the manifest or retrain"
+        )
+    return manifest
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -109,17 +203,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             "'cvat-tools train ...'"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: not a cvat-tools bundle manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest_path}: bundle format {manifest.get('format_version')} is newer than this "
-            f"cvat-tools ({FORMAT_VERSION}); upgrade cvat-tools"
-        )
-    return manifest
+        manifest = load_json(manifest_path, str(manifest_path), max_bytes=MAX_MANIFEST_BYTES)
+    except InputError as exc:
+        raise BundleError(f"unreadable manifest: {exc}") from None
+    return check_manifest(manifest, str(manifest_path))
 
 
 def load_bundle(
@@ -136,6 +223,9 @@ def load_bundle(
         raise BundleError(
             f"{path}: is a {manifest.get('kind')} bundle, but a {kind} bundle is needed here"
         )
+    if is_classical(manifest):
+        raise BundleError(f"{path}: records the classical segmenter, which has no weights; "
+                          "load it with Pipeline.load / --segmenter classical")
     if labels is not None and list(manifest.get("labels", [])) != list(labels):
         raise BundleError(
             f"{path}: label set {manifest.get('labels')} does not match the expected "
@@ -154,11 +244,41 @@ def load_bundle(
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle
-        raise BundleError(f"{weights_path}: cannot load weights ({exc})") from None
+        raise BundleError(f"{weights_path}: cannot load weights ({str(exc)[:200]})") from None
+    if not isinstance(state, dict):
+        raise BundleError(f"{weights_path}: not a state dict (got {type(state).__name__})")
     state = {
         k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()
     }
     return Bundle(path=path, manifest=manifest, state_dict=state)
+
+
+def load_weights_into(model: Any, bundle: Bundle) -> Any:
+    """``model.load_state_dict(bundle.state_dict)``, refusing weights of another shape with one
+    line naming the first misfit (a head with another number of classes than the labels)."""
+    expected = model.state_dict()
+    given = bundle.state_dict
+    for key, tensor in expected.items():
+        if key in given and hasattr(given[key], "shape") and tuple(given[key].shape) != tuple(tensor.shape):
+            hint = f" for {len(bundle.labels)} labels" if tensor.ndim and tensor.shape[0] == len(bundle.labels) else ""
+            raise BundleError(
+                f"{bundle.path}: weights do not fit {bundle.architecture}: {key} is "
+                f"{list(given[key].shape)} in the weights, {list(tensor.shape)} expected{hint}"
+            )
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing or unexpected:
+        raise BundleError(
+            f"{bundle.path}: weights do not fit {bundle.architecture}: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:2]})"
+        )
+    try:
+        model.load_state_dict(given)
+    except RuntimeError as exc:
+        raise BundleError(f"{bundle.path}: weights do not fit {bundle.architecture} "
+                          f"({' '.join(str(exc).split())[:200]})") from None
+    return model
 
 
 # Bundles that ship with the package (see cvat_tools/weights/MODEL_CARD.md).

@@ -24,9 +24,10 @@ import PIL.Image
 from cvat_sdk.masks import encode_mask
 
 from . import labels as label_set
+from .errors import CvatToolsError
 from .formats.annotations import Instance
 from .formats.masks import mask_to_full
-from .imaging import pil_to_rgb
+from .frames import frame_from_pil, is_blank, to_frame
 from .pipeline import Pipeline, attribute_specs
 
 DEFAULT_THRESHOLD = 0.5  # when the caller gives no conf_threshold
@@ -57,6 +58,51 @@ def function_spec() -> cvataa.DetectionFunctionSpec:
     ])
 
 
+SHAPE_TYPES = ("mask", "polygon")
+
+
+def shape_type_for(task_labels: list[tuple[str, str]], conv_mask_to_poly: bool | None,
+                   allow_unmatched_labels: bool = False, task: str = "the task") -> bool:
+    """``conv_mask_to_poly`` that the task's labels ((name, type) pairs) accept, or a
+    CvatToolsError naming the fix, before any frame is processed.
+
+    cvat-sdk refuses a mask label for polygons and a polygon label for masks (BadFunctionError
+    at start); here the choice follows the task when the caller did not make one.
+    """
+    ours = [(name, kind) for name, kind in task_labels if name in LABEL_IDS]
+    if not ours:
+        raise CvatToolsError(
+            f"{task} has none of our labels ({', '.join(label_set.ALL_CLASSES[:3])}, ...); "
+            "create its labels from labels.json (written by cvat-tools predict)")
+    missing = [name for name in LABEL_IDS if name not in dict(ours)]
+    if missing and not allow_unmatched_labels:
+        raise CvatToolsError(
+            f"{task} lacks our labels {missing[:4]}{'...' if len(missing) > 4 else ''}; add them "
+            "(labels.json from cvat-tools predict) or pass --allow-unmatched-labels")
+    wrong = sorted({f"{name!r} ({kind})" for name, kind in ours
+                    if kind not in (*SHAPE_TYPES, "any")})
+    if wrong:
+        raise CvatToolsError(
+            f"{task}: labels {', '.join(wrong[:3])} cannot hold cell outlines; change their type "
+            "to mask, polygon or any in CVAT")
+    kinds = {kind for _, kind in ours if kind != "any"}
+    if kinds == {"mask", "polygon"}:
+        raise CvatToolsError(
+            f"{task} mixes mask and polygon labels; give our labels one type (mask, polygon "
+            "or any) in CVAT")
+    if kinds == {"polygon"}:
+        if conv_mask_to_poly is False:
+            raise CvatToolsError(f"{task}'s labels are polygons: drop --no-conv-mask-to-poly "
+                                 "(or change the labels' type to mask or any)")
+        return True
+    if kinds == {"mask"}:
+        if conv_mask_to_poly:
+            raise CvatToolsError(f"{task}'s labels are masks: drop --conv-mask-to-poly "
+                                 "(or change the labels' type to polygon or any)")
+        return False
+    return bool(conv_mask_to_poly)
+
+
 class WbcDetectionFunction:
     """The DetectionFunction protocol: ``spec`` + ``detect(context, image)``."""
 
@@ -65,16 +111,19 @@ class WbcDetectionFunction:
         self.spec = function_spec()
 
     def detect(self, context: Any, image: PIL.Image.Image) -> list[models.LabeledShapeRequest]:
-        rgb = pil_to_rgb(image)
-        height, width = rgb.shape[:2]
+        frame = frame_from_pil(image)  # over the pixel limit: downscaled, not refused
+        rgb, width, height = frame.image, frame.width, frame.height  # shapes live on the frame
         threshold = context.conf_threshold
         if threshold is None:
             threshold = DEFAULT_THRESHOLD
-        instances = self.pipeline.run(rgb, threshold=float(threshold))
+        if is_blank(rgb):  # segmenters answer a black frame with one frame-sized "cell"
+            return []
+        instances = to_frame(self.pipeline.run(rgb, threshold=float(threshold)), frame)
         return [
             self._shape(inst, width, height, bool(context.conv_mask_to_poly))
             for inst in instances
-            if inst.label in LABEL_IDS  # a segmentation-only "wbc" has no CVAT label here
+            # a segmentation-only "wbc" (or a foreign model's label) has no label in the spec
+            if inst.label in LABEL_IDS
         ]
 
     @staticmethod
@@ -87,7 +136,8 @@ class WbcDetectionFunction:
             for name, value in inst.attributes.items()
         ]
         if as_polygon:
-            return cvataa.polygon(label_id, polygon_points(inst.geometry), attributes=attributes)
+            return cvataa.polygon(label_id, polygon_points(inst.geometry, width, height),
+                                  attributes=attributes)
         full = mask_to_full(inst.geometry, width, height)
         return cvataa.mask(label_id, encode_mask(full), attributes=attributes)
 
@@ -102,8 +152,15 @@ def create(
     """Factory cvat-cli calls with the ``-p NAME=str:VALUE`` parameters.
 
     Models: explicit bundle paths, else ``weights/<kind>/``, else the shipped bundles (the
-    same rules as ``cvat-tools predict`` and the Nuclio function).
+    same rules as ``cvat-tools predict`` and the Nuclio function); ``segmenter="classical"``
+    asks for the watershed segmenter. ``device``: cpu, cuda (CPU with a warning when no GPU
+    is visible) or cuda! (fail without one).
     """
+    import logging
+
+    from .serverless import check_labels, resolve_device
+
+    device = resolve_device(device, logging.getLogger("cvat_tools").warning)
     pipeline = Pipeline.load(
         segmenter=Path(segmenter) if segmenter else None,
         classifier=Path(classifier) if classifier else None,
@@ -111,4 +168,5 @@ def create(
         weights=Path(weights) if weights else None,
         device=device,
     )
+    check_labels(pipeline)
     return WbcDetectionFunction(pipeline)

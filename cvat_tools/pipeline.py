@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import labels as label_set
-from .bundle import MANIFEST, shipped_bundle
+from .bundle import CLASSICAL, MANIFEST, is_classical, read_manifest, shipped_bundle
 from .crops import cell_crop
 from .errors import BundleError, InputError
 from .formats.annotations import AttributeSpec, Instance, LabelSpec
@@ -41,9 +41,10 @@ def attribute_specs() -> list[AttributeSpec]:
     """The attributes every instance carries: ONE declaration for the Nuclio ``spec``, the
     cvat-sdk function spec and the CVAT XML ``<meta>``.
 
-    Scores are integer percents ("number" 0..100 step 1): CVAT's lambda manager accepts a
-    number attribute only when ``value.isnumeric()`` and cvat-sdk only when ``int(value)``
-    parses, so "87" passes both where "0.87" would be dropped.
+    Scores are integer percents ("number" 0..100 step 1): CVAT's lambda manager (2.42) keeps
+    a number attribute only when ``int(value)`` parses within the range and on the step
+    (older CVAT: ``value.isnumeric()``) and cvat-sdk only when ``int(value)`` parses, so
+    "87" passes all of them where "0.87" would be dropped (tests/test_cvat_replay.py).
     """
     percent = ["0", "100", "1"]
     return [
@@ -81,11 +82,17 @@ class PipelineInfo:
 
 
 def _bundle_path(kind: str, explicit: str | Path | None, weights: str | Path | None) -> Path | None:
-    """An explicit bundle wins; else ``weights/<kind>`` when ``weights`` is given; else shipped."""
+    """An explicit bundle wins; else ``weights/<kind>`` when ``weights`` is given; else shipped.
+
+    A weights folder without segmenter/ is an error (it once fell back to the classical
+    segmenter silently): ask for that one explicitly with ``segmenter="classical"`` or a
+    segmenter/ made by :func:`cvat_tools.bundle.save_classical_segmenter`.
+    """
     if explicit is not None:
         path = Path(explicit)
         if not path.exists():
-            raise BundleError(f"{path}: no such {kind} bundle folder")
+            hint = f" (or 'classical' for the watershed segmenter)" if kind == "segmenter" else ""
+            raise BundleError(f"{path}: no such {kind} bundle folder{hint}")
         return path
     if weights is not None:
         folder = Path(weights)
@@ -95,8 +102,19 @@ def _bundle_path(kind: str, explicit: str | Path | None, weights: str | Path | N
                 "refiner/ bundles (any may be missing)"
             )
         path = folder / kind
-        return path if (path / MANIFEST).is_file() else None
+        if (path / MANIFEST).is_file():
+            return path
+        if kind == "segmenter":
+            raise BundleError(
+                f"{folder}: no segmenter/ bundle in this weights folder; add one (made by "
+                "'cvat-tools train segmenter'), or ask for the classical watershed segmenter "
+                f"explicitly ({CLASSICAL_HINT})"
+            )
+        return None
     return shipped_bundle(kind)
+
+
+CLASSICAL_HINT = "--segmenter classical, CVAT_TOOLS_SEGMENTER=classical, -p segmenter=str:classical"
 
 
 class Pipeline:
@@ -139,14 +157,14 @@ class Pipeline:
 
         Each model comes from its explicit bundle path, else ``weights/<kind>/`` when a
         weights folder is given (how the Nuclio image and ``-p weights=`` pass them), else the
-        shipped bundle. Without a segmenter bundle the classical watershed segmenter is used;
+        shipped bundle. ``segmenter="classical"`` asks for the classical watershed segmenter (so
+        does no shipped segmenter; a weights folder must say so, see :func:`_bundle_path`);
         without a refiner the classifier's answer is final. A classifier is required (the
         labels CVAT receives are cell types) unless ``require_classifier=False``, which gives
         segmentation only, every cell labelled "wbc".
         """
         from .segment.base import load_segmenter
 
-        seg_path = _bundle_path("segmenter", segmenter, weights)
         clf_path = _bundle_path("classifier", classifier, weights)
         ref_path = _bundle_path("refiner", refiner, weights)
         if clf_path is None and require_classifier:
@@ -155,6 +173,10 @@ class Pipeline:
                 f"no classifier bundle {where}; pass one (--classifier BUNDLE, made by "
                 "'cvat-tools train classifier') or install the shipped weights"
             )
+        classical = str(segmenter) == CLASSICAL and not Path(str(segmenter)).exists()
+        seg_path = None if classical else _bundle_path("segmenter", segmenter, weights)
+        if seg_path is not None and is_classical(read_manifest(seg_path)):
+            seg_path, classical = None, True
         if seg_path is None:  # _bundle_path already looked for the shipped one
             from .segment.classical import ClassicalSegmenter
 
@@ -173,7 +195,8 @@ class Pipeline:
                     ref_path, classifier_labels=clf_model.labels, device=device
                 )
         info = PipelineInfo(
-            segmenter=str(seg_path) if seg_path else f"classical ({type(seg_model).__name__})",
+            segmenter=str(seg_path) if seg_path else
+            f"classical ({type(seg_model).__name__}{', asked for' if classical else ''})",
             classifier=str(clf_path) if clf_path else None,
             refiner=str(ref_path) if ref_path else None,
         )

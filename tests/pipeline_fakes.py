@@ -33,8 +33,11 @@ _SHARED: dict[str, Path] = {}
 
 
 def shared_weights() -> Path:
-    """One weights folder (random classifier only) per test process: built once, removed at exit."""
+    """One weights folder (random classifier, classical segmenter) per test process: built once,
+    removed at exit."""
     if "dir" not in _SHARED:
+        from cvat_tools.bundle import save_classical_segmenter
+
         import atexit
         import shutil
         import tempfile
@@ -42,6 +45,7 @@ def shared_weights() -> Path:
         root = Path(tempfile.mkdtemp(prefix="cvat-tools-test-weights-"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
         make_random_classifier(root / "classifier")
+        save_classical_segmenter(root / "segmenter")  # explicit: no silent fallback
         _SHARED["dir"] = root
     return _SHARED["dir"]
 

@@ -202,7 +202,9 @@ class _FakeClient:
             def partial_update_annotations(self, action, task_id, patched_labeled_data_request):
                 client.sent = {"mode": action, "task": task_id, "data": patched_labeled_data_request}
 
-        self.tasks = type("Tasks", (), {"api": _Api()})()
+        task = type("Task", (), {"get_labels": staticmethod(lambda: task_labels())})()
+        self.tasks = type("Tasks", (), {"api": _Api(),
+                                        "retrieve": staticmethod(lambda task_id: task)})()
 
     def __enter__(self):
         return self

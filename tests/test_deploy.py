@@ -140,3 +140,26 @@ def test_weights_without_classifier_is_refused(env, tmp_path):
     empty.mkdir()
     result = deploy(env, "--dry-run", "--weights", str(empty))
     assert result.returncode != 0 and "no classifier bundle" in result.stderr
+
+
+def test_weights_without_segmenter_is_refused_unless_classical_is_asked(env):
+    """No silent fallback to the watershed segmenter (issue 19)."""
+    shutil.rmtree(env["weights"] / "segmenter")
+    result = deploy(env, "--dry-run", "--weights", str(env["weights"]))
+    assert result.returncode != 0 and "no segmenter bundle" in result.stderr
+    assert "--classical-segmenter" in result.stderr
+    result = deploy(env, "--weights", str(env["weights"]), "--classical-segmenter")
+    assert result.returncode == 0, result.stderr
+    context = (env["log"].parent / "nuctl.log.context").read_text().split()
+    assert "./cvat-tools/cvat_tools/weights/segmenter/manifest.json" in context
+
+
+def test_classical_segmenter_manifest_is_what_the_package_reads():
+    import json
+
+    from cvat_tools.bundle import check_manifest, is_classical
+
+    text = DEPLOY.read_text()
+    line = next(ln for ln in text.splitlines() if '"architecture": {"name": "classical"}' in ln)
+    manifest = json.loads(line[line.index("'{") + 1:line.rindex("}'") + 1])
+    assert is_classical(check_manifest(manifest, "deploy.sh"))

@@ -130,14 +130,9 @@ class _BundleModel:
     def network(cls, bundle) -> nn.Module:
         """The bundle's trained network as saved (BatchNorm not folded), refusing weights of
         another shape."""
-        model = cls.build(bundle)
-        try:
-            model.load_state_dict(bundle.state_dict)
-        except RuntimeError as exc:
-            raise BundleError(
-                f"{bundle.path}: weights do not fit {bundle.architecture} ({str(exc)[:200]})"
-            ) from None
-        return model
+        from ..bundle import load_weights_into
+
+        return load_weights_into(cls.build(bundle), bundle)
 
     @classmethod
     def from_network(cls, model: nn.Module, bundle, device: str = "cpu"):

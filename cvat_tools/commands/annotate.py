@@ -2,11 +2,14 @@
 
 Credentials come from the environment, never from the command line (which shell history and
 ``ps`` show): ``CVAT_ACCESS_TOKEN`` (a personal access token), else ``CVAT_USER`` and
-``CVAT_PASSWORD``. They are never printed.
+``CVAT_PASSWORD``. They are never printed, and neither is a user:password written into
+``--host`` (every message shows the URL redacted). Every network call gives up after
+``--timeout`` seconds (60 by default) without an answer.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -34,45 +37,139 @@ def credentials_from_env() -> dict:
     )
 
 
+DEFAULT_TIMEOUT = 60.0  # s per network call: a server that accepts and never answers
+
+
+def redact(url: str) -> str:
+    """``url`` without its user:password part (never print credentials, whatever the URL)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        if "@" not in (parts.netloc or ""):
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+        clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+        return clean if "://" in url else clean.split("://", 1)[1]
+    except ValueError:
+        return "<the --host URL>"
+
+
 def probe(host: str, timeout: float = 5.0) -> None:
     """Fail fast (one TCP connect, no SDK retries) when nothing listens at ``host``."""
     import socket
     from urllib.parse import urlsplit
 
-    parts = urlsplit(host if "://" in host else f"https://{host}")
-    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        parts = urlsplit(host if "://" in host else f"https://{host}")
+        port = parts.port or (80 if parts.scheme == "http" else 443)
+    except ValueError:
+        raise CvatToolsError(f"--host {redact(host)} is not a URL (http://HOST:PORT)") from None
     try:
         with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout):
             pass
     except OSError as exc:
         raise CvatToolsError(
-            f"cannot reach CVAT at {host} ({exc.strerror or type(exc).__name__}); check --host "
-            "(scheme, host and port) and that the server is up"
+            f"cannot reach CVAT at {redact(host)} ({exc.strerror or type(exc).__name__}); check "
+            "--host (scheme, host and port) and that the server is up"
         ) from None
+
+
+@contextmanager
+def network_timeouts(seconds: float):
+    """Every cvat-sdk HTTP call inside gives up after ``seconds`` without an answer, once.
+
+    cvat-sdk passes no timeout to urllib3 (it waits forever on a server that accepts and
+    never answers) and urllib3 retries reads of GETs 3 times: both are bounded here, for
+    the duration of the command only.
+    """
+    import urllib3
+    from cvat_sdk.api_client import rest
+
+    timeout = (min(10.0, seconds), seconds)  # (connect, read): the form rest.py understands
+    no_retry = urllib3.Retry(total=10, connect=0, read=0, status=0, other=0, redirect=5)
+    original = rest.RESTClientObject.request
+
+    def request(self, *args, _request_timeout=None, **kwargs):
+        manager = self.pool_manager
+        if not getattr(manager, "_cvat_tools_bounded", False):
+            plain = manager.request
+
+            def bounded(method, url, *a, **k):
+                k.setdefault("retries", no_retry)
+                return plain(method, url, *a, **k)
+
+            manager.request = bounded
+            manager._cvat_tools_bounded = True
+        return original(self, *args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+    rest.RESTClientObject.request = request
+    try:
+        yield
+    finally:
+        rest.RESTClientObject.request = original
+
+
+def _ours(exc: BaseException) -> bool:
+    """True when ``exc`` was raised in cvat_tools' own code (a bug or a model error to show as
+    it is), not while cvat-sdk read the server's answer."""
+    package = str(Path(__file__).resolve().parents[1])
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and last.tb_frame.f_code.co_filename.startswith(package)
+
+
+def explain(exc: BaseException, host: str, timeout: float, doing: str) -> CvatToolsError | None:
+    """A one-line error for what the network or the server did, or None (not ours to explain)."""
+    import urllib3
+    from cvat_sdk.exceptions import ApiException
+
+    where = redact(host)
+    timeouts = (urllib3.exceptions.TimeoutError, TimeoutError)
+    if isinstance(exc, timeouts) or isinstance(getattr(exc, "reason", None), timeouts):
+        return CvatToolsError(f"CVAT at {where} did not answer within {timeout:g} s while "
+                              f"{doing}; check the server, or raise --timeout")
+    if isinstance(exc, ApiException):
+        if exc.status in (401, 403):
+            return CvatToolsError(f"CVAT at {where} refused the login (HTTP {exc.status}) while "
+                                  f"{doing}; check {ENV_TOKEN} or {ENV_USER}/{ENV_PASSWORD}")
+        if exc.status == 0 or exc.status is None:
+            return CvatToolsError(f"CVAT at {where}: request failed while {doing} "
+                                  f"({str(exc.reason)[:120]})")
+        return CvatToolsError(f"CVAT at {where} answered HTTP {exc.status} "
+                              f"({str(exc.reason)[:80]}) while {doing}")
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        reason = getattr(exc, "reason", None) or exc
+        return CvatToolsError(f"cannot reach CVAT at {where} ({type(reason).__name__}) while "
+                              f"{doing}; check --host (scheme, host and port) and that the "
+                              "server is up")
+    if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)) and not _ours(exc):
+        # HTML (a proxy or login page), non-UTF-8 or other non-API answers end up here
+        return CvatToolsError(f"CVAT at {where} answered something that is not CVAT's API "
+                              f"while {doing} ({type(exc).__name__}); check --host: it must "
+                              "be the CVAT server itself (e.g. http://localhost:8080)")
+    return None
 
 
 def connect(host: str, login: dict):
     """A logged-in cvat-sdk client, or CvatToolsError saying what went wrong."""
-    import urllib3
-    from cvat_sdk import make_client
-    from cvat_sdk.exceptions import ApiException
+    import cvat_sdk
 
     probe(host)
-    try:
-        return make_client(host, **login)
-    except urllib3.exceptions.HTTPError as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise CvatToolsError(
-            f"cannot reach CVAT at {host} ({type(reason).__name__}); check --host (scheme, "
-            "host and port) and that the server is up"
-        ) from None
-    except ApiException as exc:
-        if exc.status in (400, 401, 403):
-            raise CvatToolsError(
-                f"CVAT at {host} refused the login (HTTP {exc.status}); check "
-                f"{ENV_TOKEN} or {ENV_USER}/{ENV_PASSWORD}"
-            ) from None
-        raise CvatToolsError(f"CVAT at {host} answered HTTP {exc.status} ({exc.reason})") from None
+    return cvat_sdk.make_client(host, **login)
+
+
+def check_task_labels(client, task_id: int, conv_mask_to_poly: bool | None,
+                      allow_unmatched_labels: bool) -> bool:
+    """conv_mask_to_poly for the task's labels, checked before any frame is processed."""
+    from ..cvat_function import shape_type_for
+
+    task = client.tasks.retrieve(task_id)
+    task_labels = [(label.name, str(getattr(label.type, "value", label.type) or "any"))
+                   for label in task.get_labels()]
+    return shape_type_for(task_labels, conv_mask_to_poly, allow_unmatched_labels,
+                          task=f"task {task_id}")
 
 
 @click.command()
@@ -81,47 +178,62 @@ def connect(host: str, login: dict):
 @click.option("--clear-existing", is_flag=True, help="Remove the task's annotations first.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum detection score of a cell.")
-@click.option("--conv-mask-to-poly", is_flag=True,
-              help="Send polygons instead of masks (for tasks whose labels are polygons).")
+@click.option("--conv-mask-to-poly/--no-conv-mask-to-poly", default=None,
+              help="Send polygons instead of masks (default: what the task's label types need).")
 @click.option("--allow-unmatched-labels", is_flag=True,
               help="Skip our labels/attributes the task lacks instead of stopping.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with segmenter/ classifier/ refiner/ bundles (default: shipped).")
-@click.option("--segmenter", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--segmenter", type=click.Path(file_okay=False, path_type=Path),
+              help="Segmenter bundle, or 'classical' for the watershed segmenter.")
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--device", default="cpu", show_default=True, callback=device_option,
               help="cpu, cuda or cuda:N.")
+@click.option("--timeout", type=click.FloatRange(1.0, 3600.0), default=DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds to wait for each answer of the CVAT server.")
 def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_unmatched_labels,
-             weights, segmenter, classifier, refiner, device):
+             weights, segmenter, classifier, refiner, device, timeout):
     """Pre-label every frame of a CVAT task with masks, cell types and review flags.
 
     Credentials: CVAT_ACCESS_TOKEN, or CVAT_USER and CVAT_PASSWORD, in the environment.
     The task's labels must be ours (cvat-tools predict writes them as labels.json for
-    CVAT's label constructor), or pass --allow-unmatched-labels.
+    CVAT's label constructor), or pass --allow-unmatched-labels. Masks or polygons follow
+    the task's label types.
     """
     from cvat_sdk.auto_annotation import BadFunctionError, annotate_task
     from cvat_sdk.core.helpers import DeferredTqdmProgressReporter
-    from cvat_sdk.exceptions import ApiException
 
     from ..cvat_function import create
 
     login = credentials_from_env()
-    client = connect(host, login)
-    with client:
-        function = create(weights=weights, segmenter=segmenter, classifier=classifier,
-                          refiner=refiner, device=device)
+    host = redact(host)  # credentials come from the environment only, never from the URL
+    doing = "logging in"
+    with network_timeouts(timeout):
         try:
-            annotate_task(client, task_id, function, pbar=DeferredTqdmProgressReporter(),
-                          clear_existing=clear_existing, conf_threshold=threshold,
-                          conv_mask_to_poly=conv_mask_to_poly,
-                          allow_unmatched_labels=allow_unmatched_labels)
+            client = connect(host, login)
+            with client:
+                doing = f"reading task {task_id}"
+                conv = check_task_labels(client, task_id, conv_mask_to_poly,
+                                         allow_unmatched_labels)
+                function = create(weights=weights, segmenter=segmenter, classifier=classifier,
+                                  refiner=refiner, device=device)
+                doing = f"annotating task {task_id}"
+                annotate_task(client, task_id, function, pbar=DeferredTqdmProgressReporter(),
+                              clear_existing=clear_existing, conf_threshold=threshold,
+                              conv_mask_to_poly=conv,
+                              allow_unmatched_labels=allow_unmatched_labels)
+        except CvatToolsError:
+            raise
         except BadFunctionError as exc:
             raise CvatToolsError(
                 f"task {task_id} does not fit the function: {exc}; create the task's labels "
                 "from labels.json (cvat-tools predict) or pass --allow-unmatched-labels"
             ) from None
-        except ApiException as exc:
-            raise CvatToolsError(f"CVAT refused a request for task {task_id} (HTTP {exc.status}: "
-                                 f"{exc.reason})") from None
-    click.echo(f"task {task_id}: annotated (threshold {threshold})")
+        except Exception as exc:  # network and server answers: one line, host redacted
+            error = explain(exc, host, timeout, doing)
+            if error is None:
+                raise
+            raise error from None
+    click.echo(f"task {task_id}: annotated (threshold {threshold}, "
+               f"{'polygons' if conv else 'masks'})")

@@ -222,8 +222,9 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
 @click.option("--report", is_flag=True, help="Write report/counts.csv and report/counts.png.")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with segmenter/ classifier/ refiner/ bundles (default: shipped).")
-@click.option("--segmenter", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Segmenter bundle (default: shipped Mask R-CNN, else classical watershed).")
+@click.option("--segmenter", type=click.Path(file_okay=False, path_type=Path),
+              help="Segmenter bundle, or 'classical' for the watershed segmenter (default: "
+                   "WEIGHTS/segmenter, else the shipped Mask R-CNN).")
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Classifier bundle (default: shipped).")
 @click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path),

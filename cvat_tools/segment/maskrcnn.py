@@ -151,15 +151,11 @@ class MaskRCNNSegmenter:
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu") -> "MaskRCNNSegmenter":
-        from ..bundle import load_bundle
+        from ..bundle import load_bundle, load_weights_into
 
         bundle = load_bundle(path, kind="segmenter", labels=LABELS)
         arch = bundle.architecture
-        model = build_model(arch, pretrained=False)
-        try:
-            model.load_state_dict(bundle.state_dict)
-        except RuntimeError as exc:
-            raise BundleError(f"{path}: weights do not fit the architecture {arch} ({str(exc)[:200]})") from None
+        model = load_weights_into(build_model(arch, pretrained=False), bundle)
         return cls(model, long_side=int(arch.get("long_side", 384)), device=device,
                    balance=bool(arch.get("balance", False)))
 
