@@ -15,11 +15,8 @@ ACCURACY_FLOOR = 0.85
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    if shipped_bundle("classifier") is None:
-        pytest.skip("no shipped classifier bundle")
-    from cvat_tools.classify.classifier import CellClassifier
-    return CellClassifier.from_bundle()
+def classifier(shipped_classifier):
+    return shipped_classifier
 
 
 def _held_out(classifier, pbc_dir, n=40):
@@ -43,20 +40,17 @@ def test_shipped_classifier_on_held_out_pbc(classifier, pbc_dir):
     assert accuracy >= ACCURACY_FLOOR, accuracy
 
 
-def test_shipped_refiner_fits_shipped_classifier(classifier):
-    if shipped_bundle("refiner") is None:
-        pytest.skip("no shipped refiner bundle")
+def test_shipped_refiner_fits_shipped_classifier(classifier, shipped_refiner_path):
     from cvat_tools.classify.dann import Refiner
     from cvat_tools import labels as L
     ref = Refiner.from_bundle(classifier_labels=classifier.labels)
     assert ref.labels == list(L.SHARED_CLASSES)
 
 
-def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bccd_dir):
+def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bccd_dir,
+                                                                  shipped_refiner_path):
     """BCCD test crops (never seen by the refiner, labels never used in its training or
     choice): the prior must help there, as measured (0.632 -> 0.762 macro-F1, MODEL_CARD.md)."""
-    if shipped_bundle("refiner") is None:
-        pytest.skip("no shipped refiner bundle")
     from cvat_tools.classify.dann import Refiner
     from cvat_tools.train.classification_eval import load_eval_set, score_predictions
 

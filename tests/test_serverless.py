@@ -17,7 +17,9 @@ from cvat_tools import labels, serverless
 from cvat_tools.formats.masks import mask_to_full, polygon_to_mask, serverless_mask_decode
 from cvat_tools.imaging import decode_image
 from cvat_tools.pipeline import attribute_specs
-from pipeline_fakes import iou, shared_weights
+from pipeline_fakes import (
+    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_pipeline, iou, shared_weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = REPO / "serverless" / "pytorch" / "cvat_tools" / "wbc" / "nuclio"
@@ -109,6 +111,77 @@ def test_write_spec_is_idempotent(tmp_path):
     copy.write_text(text)
     assert serverless.write_spec(copy) is True
     assert copy.read_text() == (FUNCTION_DIR / "function.yaml").read_text()
+
+
+# -- the handler's success path without data: graded detection scores -------------------------
+
+
+def _load_main(name):
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, FUNCTION_DIR / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the platform finds init_context through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def graded_nuclio():
+    """main.py under nuclio_sdk's platform, its init_context loading graded_pipeline()."""
+    import nuclio_sdk.test
+
+    module = _load_main("cvat_tools_wbc_main_graded")
+    platform = nuclio_sdk.test.Platform()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(serverless, "load_pipeline_from_env", graded_pipeline)
+        platform.call_handler(module.handler, _event({"image": ""}))  # runs init_context once
+    return platform, module.handler
+
+
+def _graded_png() -> bytes:
+    return _png(Image.new("RGB", GRADED_SHAPE[::-1], (225, 215, 220)))
+
+
+@pytest.mark.parametrize("threshold", [None, *GRADED_COUNTS])
+def test_handler_honours_the_request_threshold(graded_nuclio, threshold):
+    """Scores 0.99 ... 0.5: each threshold keeps exactly the cells scoring >= it, and the items
+    are Pipeline.run's instances (label, confidence, mask, attributes) at that threshold."""
+    body = {"image": _b64(_graded_png())}
+    if threshold is not None:
+        body["threshold"] = threshold
+    status, items = _call(graded_nuclio, body)
+    assert status == 200, items
+    expected_n = GRADED_COUNTS[0.5 if threshold is None else threshold]
+    assert len(items) == expected_n
+    assert [float(i["confidence"]) for i in items] == list(GRADED_SCORES[:expected_n])
+    h, w = GRADED_SHAPE
+    expected = graded_pipeline().run(np.zeros((h, w, 3), np.uint8),
+                                      threshold=0.5 if threshold is None else threshold)
+    assert len(expected) == expected_n
+    for inst, item in zip(expected, items):
+        full = _check_item(item, w, h)
+        assert item["label"] == inst.label
+        assert np.array_equal(full, mask_to_full(inst.geometry, w, h))
+        assert {a["name"]: a["value"] for a in item["attributes"]} == inst.attributes
+    platform, handler = graded_nuclio
+    seen = platform._get_handler_context(handler).user_data.pipeline.segmenter.calls[-1]
+    assert seen == (0.5 if threshold is None else threshold)
+
+
+def test_handler_threshold_as_a_string_is_read(graded_nuclio):
+    status, items = _call(graded_nuclio, {"image": _b64(_graded_png()), "threshold": "0.75"})
+    assert status == 200 and len(items) == GRADED_COUNTS[0.75]
+
+
+def test_graded_items_carry_every_label_and_attribute_rule(graded_nuclio):
+    status, items = _call(graded_nuclio, {"image": _b64(_graded_png()), "threshold": 0.0})
+    assert status == 200
+    # the fakes answer neutrophil/monocyte/band/monocyte/eosinophil/lymphocyte after the rule
+    assert [i["label"] for i in items] == ["neutrophil", "monocyte", "band cell", "monocyte",
+                                           "eosinophil", "lymphocyte"]
+    review = [{a["name"]: a["value"] for a in i["attributes"]}["needs_review"] for i in items]
+    assert review == ["false", "true", "false", "true", "false", "true"]
 
 
 # -- the handler on real images ----------------------------------------------------------------
