@@ -9,9 +9,13 @@ from click.testing import CliRunner
 from cvat_tools.bundle import shipped_bundle
 from cvat_tools.cli import cli
 
-# Measured on these 41 images with the bundle's own (segmenter) crops: 0.951 (39/41; 0.829 for the
-# previous, classical-mask bundle), the floor leaves four more errors for platform noise.
-ACCURACY_FLOOR = 0.85
+# Measured on these 41 held-out images with the bundle's own (segmenter) crops: 0.951 (39/41;
+# 0.829 for the previous, classical-mask bundle; the whole test split: accuracy 0.913,
+# `cvat-tools evaluate classifier --data ../shared/data/pbc`); the floor allows one more error.
+ACCURACY_FLOOR = 0.92
+# BCCD test crops (49 cells), refiner under the peripheral-blood prior: measured 0.762 macro-F1
+# (0.632 without it; `python benchmarks/cross_domain.py`); one cell moves it by 0.02-0.1.
+REFINER_PRIOR_FLOOR = 0.73
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bc
         preds = ref.predict(evalset.crops)
         assert all(abs(sum(p.probs.values()) - 1) < 1e-4 for p in preds)
         scores[prior] = score_predictions(evalset.truth, [p.label for p in preds], "cross-domain").macro_f1
-    assert scores["peripheral-blood"] >= 0.70, scores
+    assert scores["peripheral-blood"] >= REFINER_PRIOR_FLOOR, scores
     assert scores["peripheral-blood"] > scores["none"] + 0.05, scores
 
 

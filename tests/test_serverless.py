@@ -36,12 +36,7 @@ def nuclio(weights_dir):
     """(platform, handler) of main.py, its init_context run with CVAT_TOOLS_WEIGHTS set."""
     import nuclio_sdk.test
 
-    spec = importlib.util.spec_from_file_location("cvat_tools_wbc_main", FUNCTION_DIR / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.modules[spec.name] = module  # the platform finds init_context through the module
-    spec.loader.exec_module(module)
+    module = _load_main("cvat_tools_wbc_main")
     old = os.environ.get(serverless.ENV_WEIGHTS)
     os.environ[serverless.ENV_WEIGHTS] = str(weights_dir)
     os.environ[serverless.ENV_DEVICE] = "cpu"
@@ -271,14 +266,26 @@ def test_blank_slide_gives_an_empty_list(nuclio):
     assert status == 200 and items == []
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
-def test_other_image_modes_are_accepted(nuclio, bccd_dir, mode):
+def _field_items(nuclio, image):
+    status, items = _call(nuclio, {"image": _b64(_png(image))})
+    assert status == 200, items
+    return [_check_item(item, image.width, image.height) for item in items]
+
+
+def test_other_image_modes_give_the_colour_fields_cells(nuclio, bccd_dir):
+    """RGBA: the very cells of the colour field; an adaptive-palette copy: the same cell (IoU
+    measured 0.87 with this fixture's classical segmenter); grey: a valid answer, but the
+    classical segmenter finds no cell without the stain's colour (0 of 6 BCCD test fields; the
+    shipped Mask R-CNN 3 of 6: test_segment_classical.py::test_shipped_segmenter_on_a_grey_field)."""
     with Image.open(bccd_dir / "images" / "BloodImage_00002.jpg") as im:
-        converted = im.convert(mode)
-    status, items = _call(nuclio, {"image": _b64(_png(converted))})
-    assert status == 200
-    for item in items:
-        _check_item(item, 640, 480)
+        colour = im.convert("RGB")
+    reference = _field_items(nuclio, colour)
+    assert len(reference) == 1
+    rgba = _field_items(nuclio, colour.convert("RGBA"))
+    assert len(rgba) == 1 and np.array_equal(rgba[0], reference[0])
+    palette = _field_items(nuclio, colour.convert("P", palette=Image.ADAPTIVE))
+    assert len(palette) == 1 and iou(palette[0], reference[0]) >= 0.8
+    _field_items(nuclio, colour.convert("L"))  # every item, if any, passes CVAT's rules
 
 
 # -- bad requests --------------------------------------------------------------------------
@@ -334,38 +341,29 @@ def test_oversized_image_is_400(nuclio, bccd_dir, monkeypatch):
 # -- the shipped models, once they are in cvat_tools/weights/ ----------------------------------
 
 
-def _shipped():
-    from cvat_tools.bundle import shipped_bundle
+# IoU of the shipped pipeline's cell with the ground truth on BCCD test field 00005: measured
+# 0.933 (the shipped Mask R-CNN: mean Dice 0.953 on BCCD test, benchmarks/segment_accuracy.sh;
+# classical 0.59 here); the floor leaves room for platform noise only.
+SHIPPED_NUCLIO_IOU_FLOOR = 0.85
 
-    return shipped_bundle("classifier")
 
-
-@pytest.mark.skipif(_shipped() is None, reason="no shipped classifier bundle in cvat_tools/weights")
-def test_shipped_pipeline_through_nuclio(bccd_dir, monkeypatch):
+def test_shipped_pipeline_through_nuclio(bccd_dir, shipped_paths, monkeypatch):
     """The function as deployed (no env overrides): shipped bundles, BCCD test-split field."""
-    import sys
-
     import nuclio_sdk.test
 
     monkeypatch.delenv(serverless.ENV_WEIGHTS, raising=False)
     monkeypatch.setenv(serverless.ENV_DEVICE, "cpu")
-    spec = importlib.util.spec_from_file_location("cvat_tools_wbc_main_shipped",
-                                                  FUNCTION_DIR / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _load_main("cvat_tools_wbc_main_shipped")
     platform = nuclio_sdk.test.Platform()
-    data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()  # split: test
+    data = (bccd_dir / "images" / "BloodImage_00005.jpg").read_bytes()  # split: test
     response = platform.call_handler(module.handler, _event({"image": _b64(data)}))
     assert response.status_code == 200
     items = json.loads(response.body)
-    assert len(items) >= 1
+    assert len(items) == 1  # one WBC in this field
     fulls = [_check_item(item, 640, 480) for item in items]
-    gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
-    from cvat_tools.bundle import shipped_bundle
-
-    # Mask R-CNN (dice >= 0.85 on BCCD test in test_segment_maskrcnn.py) vs classical (0.59 here)
-    floor = 0.65 if shipped_bundle("segmenter") else 0.5
-    assert max(iou(full, gt) for full in fulls) > floor
+    gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00005.png")) > 0
+    assert iou(fulls[0], gt) >= SHIPPED_NUCLIO_IOU_FLOOR
     info = platform._get_handler_context(module.handler).user_data.pipeline.info
-    assert info.classifier and "weights" in info.classifier
+    assert info.segmenter == str(shipped_paths["segmenter"])
+    assert info.classifier == str(shipped_paths["classifier"])
+    assert info.refiner == str(shipped_paths["refiner"])
