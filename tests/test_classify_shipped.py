@@ -6,7 +6,6 @@ import csv
 import pytest
 from click.testing import CliRunner
 
-from cvat_tools.bundle import shipped_bundle
 from cvat_tools.cli import cli
 
 # Measured on these 41 held-out images with the bundle's own (segmenter) crops: 0.951 (39/41;

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvat_tools.bundle import save_bundle, shipped_bundle
+from cvat_tools.bundle import save_bundle
 from cvat_tools.errors import BundleError
 from cvat_tools.imaging import load_image
 from cvat_tools.segment.base import Detection, load_segmenter
