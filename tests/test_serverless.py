@@ -234,7 +234,7 @@ def test_bccd_field_matches_pipeline_and_ground_truth(nuclio, bccd_dir):
         assert np.array_equal(mask_to_full(inst.geometry, w, h), full)
         assert {a["name"]: a["value"] for a in item["attributes"]} == inst.attributes
     gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
-    assert max(iou(full, gt) for full in fulls) > 0.5  # classical watershed: 0.59 here
+    assert max(iou(full, gt) for full in fulls) >= 0.55  # classical watershed: 0.59 here
 
 
 def test_upscaled_jtsc_cell(nuclio, jtsc_dir):
@@ -252,7 +252,10 @@ def test_upscaled_jtsc_cell(nuclio, jtsc_dir):
 def test_threshold_one_returns_only_certain_cells(nuclio, bccd_dir):
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
     status, items = _call(nuclio, {"image": _b64(data), "threshold": 1.0})
-    assert status == 200 and all(float(i["confidence"]) >= 1.0 for i in items)
+    # the classical segmenter of this fixture scores its cells 1.0: they stay (graded scores
+    # below: test_handler_honours_the_request_threshold)
+    assert status == 200 and len(items) >= 1
+    assert all(float(i["confidence"]) >= 1.0 for i in items)
 
 
 def _png(image: Image.Image) -> bytes:
