@@ -93,13 +93,33 @@ def test_a_one_pixel_shift_fails_the_check(case):
         assert not registered(shifted, truth), (case, ddx, ddy, registration(shifted, truth))
 
 
-class _OracleModel:
-    """Stands in for the Mask R-CNN: reads the cell off the working image it is given
-    (dark = cell) and answers torchvision's output dict, its mask the area fraction."""
+BACKGROUND, INK = (230, 210, 220), (120, 60, 160)  # a stained cell on a pale slide
 
-    def __init__(self, background=230, ink=100):
-        self.background, self.ink = background, ink
-        self.seen: list[tuple[int, int]] = []
+
+def _oracle(work: np.ndarray):
+    """Stands in for the Mask R-CNN on one working-size RGB tile: reads each cell off the
+    tile (green channel; its mask = the area fraction of ink) and answers (boxes, scores,
+    mask probabilities), as torchvision's output holds them."""
+    g = work[..., 1].astype(np.float32)
+    prob = np.clip((BACKGROUND[1] - g) / (BACKGROUND[1] - INK[1]), 0, 1)
+    n, comp = cv2.connectedComponents((prob > 0).astype(np.uint8))
+    boxes, probs = [], []
+    for k in range(1, n):
+        own = np.where(comp == k, prob, 0).astype(np.float32)
+        ys, xs = np.nonzero(own >= 0.5)
+        if ys.size:
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            probs.append(own)
+    h, w = g.shape
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.full(len(boxes), 0.97, np.float32),
+            np.asarray(probs, np.float32).reshape(-1, h, w))
+
+
+class _OracleModel:
+    """_oracle behind the model's call (segmenters that call ``model([x])`` themselves)."""
+
+    def __init__(self, fn):
+        self.fn = fn
 
     def eval(self):
         return self
@@ -108,27 +128,46 @@ class _OracleModel:
         return self
 
     def __call__(self, images):
-        x = images[0]
-        _, hh, ww = x.shape
-        self.seen.append((hh, ww))
-        grey = x[0] * 255
-        prob = ((self.background - grey) / (self.background - self.ink)).clamp(0, 1)
-        ys, xs = torch.nonzero(prob >= 0.5, as_tuple=True)
-        box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-        return [{"boxes": box, "scores": torch.tensor([0.97]), "labels": torch.tensor([1]),
-                 "masks": prob[None, None]}]
+        work = (images[0].permute(1, 2, 0) * 255).round().byte().numpy()
+        boxes, scores, probs = self.fn(work)
+        return [{"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores),
+                 "labels": torch.ones(len(scores), dtype=torch.int64),
+                 "masks": torch.from_numpy(probs)[:, None]}]
 
 
+def _oracle_segmenter(long_side: int):
+    """A MaskRCNNSegmenter whose network is the oracle; the working tiles it saw."""
+    seen: list[tuple[int, int]] = []
+
+    def oracle(work):
+        seen.append(work.shape[:2])
+        return _oracle(work)
+
+    seg = MaskRCNNSegmenter(_OracleModel(oracle), long_side=long_side)
+    if hasattr(seg, "_detect"):  # scale-aware segmenter: one working tile in, arrays out
+        seg._detect = oracle
+    return seg, seen
+
+
+@pytest.mark.parametrize("mode", ["long-side", "cell-size"])
 @pytest.mark.parametrize("case", ["phone-0.095", "bccd-0.6", "upscaled-1.2"])
-def test_segmenter_returns_the_cell_on_its_full_resolution_pixels(case):
-    """The whole MaskRCNNSegmenter path (resize, model, paste) on a synthetic field."""
+def test_segmenter_returns_the_cell_on_its_full_resolution_pixels(case, mode):
+    """The whole MaskRCNNSegmenter path (resample, tiles, network, paste) on a synthetic
+    field: the cell comes back on its own full-resolution pixels. "long-side": the field's
+    long side to the working size; "cell-size": the cell's known diameter sets the scale (a
+    segmenter without scale options runs its only path twice)."""
     h, w, long_side, cx, cy, a, b = CASES[case]
     truth = cell(h, w, cx, cy, a, b)
-    image = np.full((h, w, 3), 230, np.uint8)
-    image[truth] = 100
-    model = _OracleModel()
-    seg = MaskRCNNSegmenter(model, long_side=long_side)
+    image = np.empty((h, w, 3), np.uint8)
+    image[:] = BACKGROUND
+    image[truth] = INK
+    seg, seen = _oracle_segmenter(long_side)
+    if hasattr(seg, "set_scale"):
+        if mode == "long-side":
+            seg.set_scale("fixed")
+        else:
+            seg.set_scale("auto", cell_size=float(a + b))
     dets = seg.segment(image, threshold=0.5)
-    assert model.seen and max(model.seen[0]) == long_side  # it ran at working size
+    assert seen, "the network ran"
     assert len(dets) == 1 and dets[0].score == pytest.approx(0.97)
-    assert registered(dets[0].mask, truth), registration(dets[0].mask, truth)
+    assert registered(dets[0].mask, truth), (case, mode, seen, registration(dets[0].mask, truth))
