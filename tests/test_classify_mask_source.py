@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvat_tools.bundle import read_manifest, shipped_bundle
+from cvat_tools.bundle import read_manifest
 from cvat_tools.crops import cell_crop
 from cvat_tools.errors import InputError
 from cvat_tools.formats.annotations import Mask
@@ -37,9 +37,9 @@ def pbc_three(pbc_dir):
     return [samples[i] for i in (0, len(samples) // 2, len(samples) - 1)]
 
 
-def test_segmenter_mask_is_the_pipelines_cell_not_the_classical_one(pbc_three):
+def test_segmenter_mask_is_the_pipelines_cell_not_the_classical_one(pbc_three, shipped_paths):
     fn, name = D.mask_function("segmenter")
-    sha = read_manifest(shipped_bundle("segmenter"))["weights"]["sha256"]
+    sha = read_manifest(shipped_paths["segmenter"])["weights"]["sha256"]
     assert name == "segmenter:" + sha[:12] and D.mask_source_of(name) == "segmenter"
     classical, _ = D.mask_function("classical")
     ious, differ = [], 0

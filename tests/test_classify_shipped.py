@@ -6,20 +6,20 @@ import csv
 import pytest
 from click.testing import CliRunner
 
-from cvat_tools.bundle import shipped_bundle
 from cvat_tools.cli import cli
 
-# Measured on these 41 images with the bundle's own (segmenter) crops: 0.951 (39/41; 0.829 for the
-# previous, classical-mask bundle), the floor leaves four more errors for platform noise.
-ACCURACY_FLOOR = 0.85
+# Measured on these 41 held-out images with the bundle's own (segmenter) crops: 0.951 (39/41;
+# 0.829 for the previous, classical-mask bundle; the whole test split: accuracy 0.913,
+# `cvat-tools evaluate classifier --data ../shared/data/pbc`); the floor allows one more error.
+ACCURACY_FLOOR = 0.92
+# BCCD test crops (49 cells), refiner under the peripheral-blood prior: measured 0.762 macro-F1
+# (0.632 without it; `python benchmarks/cross_domain.py`); one cell moves it by 0.02-0.1.
+REFINER_PRIOR_FLOOR = 0.73
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    if shipped_bundle("classifier") is None:
-        pytest.skip("no shipped classifier bundle")
-    from cvat_tools.classify.classifier import CellClassifier
-    return CellClassifier.from_bundle()
+def classifier(shipped_classifier):
+    return shipped_classifier
 
 
 def _held_out(classifier, pbc_dir, n=40):
@@ -43,20 +43,17 @@ def test_shipped_classifier_on_held_out_pbc(classifier, pbc_dir):
     assert accuracy >= ACCURACY_FLOOR, accuracy
 
 
-def test_shipped_refiner_fits_shipped_classifier(classifier):
-    if shipped_bundle("refiner") is None:
-        pytest.skip("no shipped refiner bundle")
+def test_shipped_refiner_fits_shipped_classifier(classifier, shipped_refiner_path):
     from cvat_tools.classify.dann import Refiner
     from cvat_tools import labels as L
     ref = Refiner.from_bundle(classifier_labels=classifier.labels)
     assert ref.labels == list(L.SHARED_CLASSES)
 
 
-def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bccd_dir):
+def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bccd_dir,
+                                                                  shipped_refiner_path):
     """BCCD test crops (never seen by the refiner, labels never used in its training or
     choice): the prior must help there, as measured (0.632 -> 0.762 macro-F1, MODEL_CARD.md)."""
-    if shipped_bundle("refiner") is None:
-        pytest.skip("no shipped refiner bundle")
     from cvat_tools.classify.dann import Refiner
     from cvat_tools.train.classification_eval import load_eval_set, score_predictions
 
@@ -69,7 +66,7 @@ def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bc
         preds = ref.predict(evalset.crops)
         assert all(abs(sum(p.probs.values()) - 1) < 1e-4 for p in preds)
         scores[prior] = score_predictions(evalset.truth, [p.label for p in preds], "cross-domain").macro_f1
-    assert scores["peripheral-blood"] >= 0.70, scores
+    assert scores["peripheral-blood"] >= REFINER_PRIOR_FLOOR, scores
     assert scores["peripheral-blood"] > scores["none"] + 0.05, scores
 
 

@@ -1,6 +1,7 @@
 """The cvat-sdk auto-annotation function, checked by cvat-sdk's own spec and driver validation."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -15,7 +16,9 @@ from cvat_tools import cvat_function, labels
 from cvat_tools.formats.masks import mask_to_full, polygon_to_mask
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, attribute_specs
-from pipeline_fakes import iou, shared_weights
+from pipeline_fakes import (
+    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_pipeline, iou, shared_weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +31,46 @@ def bccd_path(bccd_dir):
     return bccd_dir / "images" / "BloodImage_00002.jpg"
 
 
-def task_labels(label_type="any", with_attributes=True):
-    """Labels as a CVAT task created from our label set would have them (server ids)."""
+@pytest.fixture(scope="module")
+def labels_json(tmp_path_factory):
+    """OUT/labels.json exactly as ``cvat-tools predict`` writes it (the file a user pastes into
+    CVAT's label constructor, Raw tab), from a synthetic field: no data needed."""
+    import cv2
+
+    from cli_run import run_cli
+
+    folder = tmp_path_factory.mktemp("labels_json")
+    field = np.full((120, 160, 3), (225, 215, 220), np.uint8)
+    cv2.circle(field, (80, 60), 16, (120, 60, 160), -1)
+    PIL.Image.fromarray(field).save(folder / "field.png")
+    code, _, err = run_cli("predict", folder / "field.png", "--out", folder / "out",
+                           "--weights", shared_weights())
+    assert code == 0, err
+    return json.loads((folder / "out" / "labels.json").read_text())
+
+
+def task_from_labels_json(raw, label_type=None, with_attributes=True):
+    """The labels of a CVAT task created from ``raw`` (labels.json) in the label constructor,
+    as the server returns them: ids assigned, every field checked by cvat-sdk's models (enum
+    values) and by CVAT's attribute rules (cvat_sdk.attributes: number = "min max step" ints,
+    select/radio = non-empty values holding the default, checkbox default true/false)."""
+    from cvat_sdk.attributes import attribute_value_validator
+
     out = []
-    for i, name in enumerate(labels.ALL_CLASSES):
+    for i, label in enumerate(raw):
+        assert set(label) <= {"name", "type", "attributes", "color"}, label
         attrs = []
-        if with_attributes:
-            for j, spec in enumerate(attribute_specs()):
-                attrs.append(models.Attribute(
-                    id=1000 + 10 * i + j, name=spec.name, input_type=spec.input_type,
-                    values=list(spec.values), mutable=False, default_value=spec.default))
+        for j, a in enumerate(label.get("attributes", []) if with_attributes else []):
+            assert set(a) == {"name", "mutable", "input_type", "default_value", "values"}, a
+            assert isinstance(a["mutable"], bool) and all(isinstance(v, str) for v in a["values"])
+            attr = models.Attribute(id=1000 + 10 * i + j, name=a["name"],
+                                    input_type=a["input_type"], values=list(a["values"]),
+                                    mutable=a["mutable"], default_value=a["default_value"])
+            assert attribute_value_validator(attr)(a["default_value"]), a  # CVAT's own rule
+            attrs.append(attr)
         out.append(models.Label._from_openapi_data(
-            id=500 + i, name=name, type=label_type, attributes=attrs, sublabels=[],
-            color="#ff0000", has_parent=False))
+            id=500 + i, name=label["name"], type=label_type or label.get("type", "any"),
+            attributes=attrs, sublabels=[], color="#ff0000", has_parent=False))
     return out
 
 
@@ -55,6 +85,26 @@ def context(threshold=None, poly=False):
                                          conv_mask_to_poly=poly)
 
 
+def assert_shapes_are(remapped, expected, task, width, height):
+    """Shapes remapped onto ``task`` (the labels.json task) carry exactly the instances'
+    labels, masks and attributes, and every value passes the task's own attribute rules."""
+    from cvat_sdk.attributes import attribute_value_validator
+
+    assert len(remapped) == len(expected)
+    by_id = {label.id: label for label in task}
+    for shape, inst in zip(remapped, expected):
+        label = by_id[shape.label_id]
+        assert label.name == inst.label
+        assert shape.type.value == "mask" and shape.source == "auto"
+        bitmap = decode_mask(shape.points, image_width=width, image_height=height)
+        assert np.array_equal(bitmap, mask_to_full(inst.geometry, width, height))
+        attrs = {a.id: a for a in label.attributes}
+        values = {attrs[v.spec_id].name: v.value for v in shape.attributes}
+        assert values == inst.attributes
+        for v in shape.attributes:
+            assert attribute_value_validator(attrs[v.spec_id])(v.value), (attrs[v.spec_id], v)
+
+
 def test_spec_validates_and_covers_the_label_set(function):
     spec = function.spec  # DetectionFunctionSpec validated ids/attributes at construction
     assert [label.name for label in spec.labels] == list(labels.ALL_CLASSES)
@@ -63,31 +113,64 @@ def test_spec_validates_and_covers_the_label_set(function):
         assert [a.name for a in label.attributes] == [a.name for a in attribute_specs()]
 
 
-def test_masks_pass_the_sdk_driver_and_match_the_pipeline(function, bccd_path):
+def test_labels_json_declares_the_functions_attribute_types(labels_json):
+    """labels.json is how a user creates the task: its attribute types and values must be
+    exactly the function's, or cvat-sdk refuses the task and CVAT drops the values."""
+    assert [label["name"] for label in labels_json] == list(labels.ALL_CLASSES)
+    expected = {"classifier": "select", "classifier_score": "number", "refiner": "select",
+                "refiner_score": "number", "needs_review": "checkbox"}
+    for label in labels_json:
+        assert {a["name"]: a["input_type"] for a in label["attributes"]} == expected
+        by_name = {a["name"]: a for a in label["attributes"]}
+        assert by_name["classifier_score"]["values"] == ["0", "100", "1"]
+        assert by_name["classifier"]["values"] == list(labels.ALL_CLASSES)
+        assert by_name["refiner"]["values"] == ["none", *labels.ALL_CLASSES]
+        for spec in attribute_specs():
+            assert by_name[spec.name]["values"] == list(spec.values)
+            assert by_name[spec.name]["default_value"] == spec.default
+
+
+def test_masks_pass_the_sdk_driver_and_match_the_pipeline(function, bccd_path, labels_json):
     image = PIL.Image.open(bccd_path)
     shapes = function.detect(context(0.5), image)
     assert shapes, "the BCCD field has a white blood cell"
     rgb = load_image(bccd_path)
     h, w = rgb.shape[:2]
     expected = function.pipeline.run(rgb, threshold=0.5)
-    assert len(expected) == len(shapes)
-    tags, remapped = mapper(task_labels()).validate_and_remap(shapes, ds_frame=3)
-    assert not tags and len(remapped) == len(shapes)
-    for shape, inst in zip(remapped, expected):
-        assert shape.type.value == "mask" and shape.frame == 3 and shape.source == "auto"
-        assert shape.label_id == 500 + labels.ALL_CLASSES.index(inst.label)
-        bitmap = decode_mask(shape.points, image_width=w, image_height=h)
-        assert np.array_equal(bitmap, mask_to_full(inst.geometry, w, h))
-        values = {a.spec_id % 10: a.value for a in shape.attributes}
-        assert values == {j: inst.attributes[s.name] for j, s in enumerate(attribute_specs())}
+    task = task_from_labels_json(labels_json)
+    tags, remapped = mapper(task).validate_and_remap(shapes, ds_frame=3)
+    assert not tags and all(shape.frame == 3 for shape in remapped)
+    assert_shapes_are(remapped, expected, task, w, h)
 
 
-def test_conv_mask_to_poly_gives_polygons(function, bccd_path):
+def _graded_frame(mode="RGB"):
+    return PIL.Image.new("RGB", GRADED_SHAPE[::-1], (225, 215, 220)).convert(mode)
+
+
+@pytest.mark.parametrize("threshold", [None, *GRADED_COUNTS])
+def test_detect_honours_conf_threshold(threshold, labels_json):
+    """Scores 0.99 ... 0.5 (no data): each conf_threshold keeps exactly the cells >= it; None
+    is the default 0.5; the shapes are Pipeline.run's at that threshold."""
+    function = cvat_function.WbcDetectionFunction(graded_pipeline())
+    shapes = function.detect(context(threshold), _graded_frame())
+    used = 0.5 if threshold is None else threshold
+    assert len(shapes) == GRADED_COUNTS[used]
+    assert function.pipeline.segmenter.calls == [used]
+    h, w = GRADED_SHAPE
+    expected = graded_pipeline().run(np.zeros((h, w, 3), np.uint8), threshold=used)
+    assert [i.score for i in expected] == list(GRADED_SCORES[:len(shapes)])
+    task = task_from_labels_json(labels_json)
+    _, remapped = mapper(task).validate_and_remap(shapes, ds_frame=0)
+    assert_shapes_are(remapped, expected, task, w, h)
+
+
+def test_conv_mask_to_poly_gives_polygons(function, bccd_path, labels_json):
     image = PIL.Image.open(bccd_path)
     shapes = function.detect(context(0.5, poly=True), image)
-    _, remapped = mapper(task_labels("polygon"), conv_mask_to_poly=True).validate_and_remap(
-        shapes, ds_frame=0)
+    task = task_from_labels_json(labels_json, "polygon")
+    _, remapped = mapper(task, conv_mask_to_poly=True).validate_and_remap(shapes, ds_frame=0)
     masks = function.detect(context(0.5), image)
+    assert len(remapped) == len(masks) >= 1
     for poly, mask in zip(remapped, masks):
         assert poly.type.value == "polygon" and len(poly.points) >= 6
         rgb_w, rgb_h = image.size
@@ -95,10 +178,10 @@ def test_conv_mask_to_poly_gives_polygons(function, bccd_path):
         assert iou(filled, decode_mask(mask.points, image_width=rgb_w, image_height=rgb_h)) > 0.8
     # and masks are refused by the driver when polygons were asked for: we must not send them
     with pytest.raises(BadFunctionError):
-        mapper(task_labels("polygon"), conv_mask_to_poly=True).validate_and_remap(masks, 0)
+        mapper(task, conv_mask_to_poly=True).validate_and_remap(masks, 0)
 
 
-def test_conf_threshold_is_honoured(function, bccd_path):
+def test_conf_threshold_is_honoured_on_a_real_field(function, bccd_path):
     image = PIL.Image.open(bccd_path)
     everything = function.detect(context(0.0), image)
     none_default = function.detect(context(None), image)  # default 0.5
@@ -109,16 +192,44 @@ def test_conf_threshold_is_honoured(function, bccd_path):
     assert len(strict) == sum(s >= 1.0 for s in scores)
 
 
-def test_task_without_our_attributes_is_reported(function):
+def test_task_without_our_attributes_is_reported(labels_json):
     with pytest.raises(BadFunctionError, match="not in dataset"):
-        mapper(task_labels(with_attributes=False))
+        mapper(task_from_labels_json(labels_json, with_attributes=False))
 
 
-def test_rgba_and_grey_frames_are_accepted(function, bccd_path):
+def test_task_with_text_attributes_is_refused(labels_json):
+    """What a labels.json with every type "text" would give: cvat-sdk refuses the task."""
+    forced = json.loads(json.dumps(labels_json))
+    for label in forced:
+        for a in label["attributes"]:
+            a["input_type"] = "text"
+    with pytest.raises(BadFunctionError, match="input type"):
+        mapper(task_from_labels_json(forced))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_rgba_and_grey_frames_give_the_same_cells(mode, labels_json):
+    """Other frame modes reach the pipeline as RGB: same cells, same shapes as RGB."""
+    function = cvat_function.WbcDetectionFunction(graded_pipeline())
+    rgb = function.detect(context(0.5), _graded_frame())
+    other = function.detect(context(0.5), _graded_frame(mode))
+    assert len(other) == len(rgb) == GRADED_COUNTS[0.5]
+    assert [(s.label_id, s.points, s.attributes) for s in other] == \
+        [(s.label_id, s.points, s.attributes) for s in rgb]
+    mapper(task_from_labels_json(labels_json)).validate_and_remap(other, 0)
+
+
+def test_rgba_and_grey_bccd_frames_are_accepted(function, bccd_path, labels_json):
     rgb = PIL.Image.open(bccd_path).convert("RGB")
-    for mode in ("RGBA", "L"):
-        shapes = function.detect(context(0.5), rgb.convert(mode))
-        mapper(task_labels()).validate_and_remap(shapes, 0)  # raises if anything is invalid
+    colour = function.detect(context(0.5), rgb)
+    rgba = function.detect(context(0.5), rgb.convert("RGBA"))
+    assert colour and [s.points for s in rgba] == [s.points for s in colour]  # same cells
+    task = task_from_labels_json(labels_json)
+    mapper(task).validate_and_remap(rgba, 0)
+    # A grey frame is converted and answered validly; the classical segmenter of this fixture
+    # finds no cell without the stain's colour (0 of 6 BCCD test fields; the shipped Mask
+    # R-CNN finds 3 of 6: test_segment_classical.py::test_shipped_segmenter_on_a_grey_field).
+    mapper(task).validate_and_remap(function.detect(context(0.5), rgb.convert("L")), 0)
 
 
 # -- cvat-tools annotate: the paths that need no server ------------------------------------
@@ -173,19 +284,24 @@ def test_annotate_unreachable_host_is_clear_and_hides_secrets(monkeypatch, env):
 
 
 class _FakeSample:
-    def __init__(self, index, path):
-        self.frame_index, self.frame_name = index, path.name
-        self.media = type("Media", (), {"load_image": staticmethod(lambda: PIL.Image.open(path))})
+    def __init__(self, index, frame):
+        load = (lambda: PIL.Image.open(frame)) if not isinstance(frame, PIL.Image.Image) \
+            else (lambda: frame.copy())
+        self.frame_index = index
+        self.frame_name = getattr(frame, "name", f"frame_{index}.png")
+        self.media = type("Media", (), {"load_image": staticmethod(load)})
 
 
 class _FakeTaskDataset:
-    """What cvat_sdk's driver reads from a task: its labels and its frames."""
+    """What cvat_sdk's driver reads from a task: its labels (made from labels.json, as a user
+    creates the task) and its frames."""
 
     frames: list = []
+    raw_labels: list = []
 
     def __init__(self, client, task_id, load_annotations=False):
         assert task_id == 7 and load_annotations is False
-        self.labels = task_labels()
+        self.labels = task_from_labels_json(self.raw_labels)
         self.samples = [_FakeSample(i, p) for i, p in enumerate(self.frames)]
 
 
@@ -213,16 +329,16 @@ class _FakeClient:
         return None
 
 
-def test_annotate_end_to_end_through_the_sdk_driver(monkeypatch, tmp_path, bccd_dir):
-    """cvat-tools annotate with cvat-sdk's real driver; only the server side is faked."""
+def _run_annotate(monkeypatch, frames, raw_labels, *args):
+    """cvat-tools annotate against a fake server holding ``frames``; (exit code, output,
+    what the server received, the task's labels, the login used)."""
     import socket
 
     import cvat_sdk
     import cvat_sdk.auto_annotation.driver as driver
 
-    weights = shared_weights()
-    frames = [bccd_dir / "images" / "BloodImage_00002.jpg", bccd_dir / "images" / "BloodImage_00005.jpg"]
     monkeypatch.setattr(_FakeTaskDataset, "frames", frames)
+    monkeypatch.setattr(_FakeTaskDataset, "raw_labels", raw_labels)
     monkeypatch.setattr(driver, "TaskDataset", _FakeTaskDataset)
     client = _FakeClient()
     seen = {}
@@ -237,17 +353,48 @@ def test_annotate_end_to_end_through_the_sdk_driver(monkeypatch, tmp_path, bccd_
         server.listen()
         host = f"http://127.0.0.1:{server.getsockname()[1]}"
         code, text = _annotate(monkeypatch, {"CVAT_ACCESS_TOKEN": "tok"}, "--host", host,
-                               "--task", "7", "--clear-existing", "--threshold", "0.4",
-                               "--weights", str(weights))
+                               "--task", "7", *args)
+    assert seen == {"host": host, "login": {"access_token": "tok"}}, text
+    return code, text, client.sent, task_from_labels_json(raw_labels)
+
+
+def _check_upload(sent, task, expected_per_frame, width_height):
+    assert sent["task"] == 7
+    shapes = sent["data"].shapes
+    assert len(shapes) == sum(len(e) for e in expected_per_frame)
+    for frame, expected in enumerate(expected_per_frame):
+        mine = [s for s in shapes if s.frame == frame]
+        assert_shapes_are(mine, expected, task, *width_height[frame])
+
+
+@pytest.mark.parametrize("threshold", [0.55, 0.75, 0.95])
+def test_annotate_uploads_pipeline_output_at_its_threshold(monkeypatch, labels_json, threshold):
+    """No data: cvat-tools annotate --threshold T with the graded pipeline uploads exactly
+    Pipeline.run(frame, T) for every frame onto the labels.json task."""
+    monkeypatch.setattr(cvat_function, "create",
+                        lambda **kw: cvat_function.WbcDetectionFunction(graded_pipeline()))
+    frames = [_graded_frame(), _graded_frame("L")]
+    code, text, sent, task = _run_annotate(monkeypatch, frames, labels_json,
+                                           "--threshold", str(threshold))
     assert code == 0, text
-    assert seen == {"host": host, "login": {"access_token": "tok"}}
-    assert client.sent["mode"] == "replace" and client.sent["task"] == 7
-    shapes = client.sent["data"].shapes
+    assert sent["mode"] == "create"  # without --clear-existing the task's shapes are kept
+    h, w = GRADED_SHAPE
+    expected = [graded_pipeline().run(np.zeros((h, w, 3), np.uint8), threshold=threshold)] * 2
+    assert len(expected[0]) == GRADED_COUNTS[threshold]
+    _check_upload(sent, task, expected, [(w, h)] * 2)
+
+
+def test_annotate_end_to_end_through_the_sdk_driver(monkeypatch, bccd_dir, labels_json):
+    """cvat-tools annotate with cvat-sdk's real driver on real fields; only the server side
+    is faked; the upload is Pipeline.run's output, shape for shape."""
+    weights = shared_weights()
+    frames = [bccd_dir / "images" / "BloodImage_00002.jpg", bccd_dir / "images" / "BloodImage_00005.jpg"]
+    code, text, sent, task = _run_annotate(monkeypatch, frames, labels_json, "--clear-existing",
+                                           "--threshold", "0.4", "--weights", str(weights))
+    assert code == 0, text
+    assert sent["mode"] == "replace"
     pipeline = Pipeline.load(weights=weights)
-    expected = [pipeline.run(load_image(p), threshold=0.4) for p in frames]
-    assert len(shapes) == sum(len(e) for e in expected) >= 2
-    assert sorted({s.frame for s in shapes}) == [0, 1]
-    for shape in shapes:
-        assert shape.type.value == "mask" and shape.source == "auto"
-        assert 500 <= shape.label_id < 500 + len(labels.ALL_CLASSES)
-        assert len(shape.attributes) == len(attribute_specs())
+    images = [load_image(p) for p in frames]
+    expected = [pipeline.run(image, threshold=0.4) for image in images]
+    assert sum(len(e) for e in expected) >= 2
+    _check_upload(sent, task, expected, [(im.shape[1], im.shape[0]) for im in images])

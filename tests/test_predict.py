@@ -172,11 +172,7 @@ def test_missing_classifier_is_one_line(tmp_path, bccd_dir):
     assert code == 2 and stderr.count("\n") == 1 and "no classifier bundle" in stderr
 
 
-def test_prior_option_changes_the_refiners_decision_scores(tmp_path, bccd_dir):
-    from cvat_tools.bundle import shipped_bundle
-
-    if shipped_bundle("refiner") is None or shipped_bundle("classifier") is None:
-        pytest.skip("needs the shipped classifier and refiner")
+def test_prior_option_changes_the_refiners_decision_scores(tmp_path, bccd_dir, shipped_paths):
     image = bccd_dir / "images" / GOOD[0]
     scores = {}
     for prior in ("bundle", "none"):

@@ -24,7 +24,8 @@ def _union(dets: list[Detection], h: int, w: int) -> np.ndarray:
 
 
 def test_classical_on_bccd_test_images(bccd_dir):
-    # Measured: mean Dice 0.87 on the 55 test images (cvat-tools evaluate segmenter --classical).
+    # Measured: mean Dice 0.889 on these 8 fields (0.866 on all 55 test images: `cvat-tools
+    # evaluate segmenter --data ../shared/data/bccd_wbc --split test --classical`); floor minus noise.
     samples = read_index(bccd_dir, "test")[:8]
     seg = ClassicalSegmenter()
     scores = []
@@ -38,7 +39,7 @@ def test_classical_on_bccd_test_images(bccd_dir):
             assert (x2 - x1, y2 - y1) == (d.mask.width, d.mask.height)
         gt = np.any(np.stack(s.load_masks()), axis=0)
         scores.append(dice(_union(dets, h, w), gt))
-    assert np.mean(scores) >= 0.75, scores
+    assert np.mean(scores) >= 0.86, scores
 
 
 @pytest.mark.parametrize("cls", ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",
@@ -70,7 +71,7 @@ def test_centre_cell_mask_on_jtsc(jtsc_dir):
         mask = centre_cell_mask(load_image(s.image))
         gt = s.load_masks()[0]
         scores.append(0.0 if mask is None else dice(mask, gt))
-    assert np.mean(scores) >= 0.75, scores
+    assert np.mean(scores) >= 0.86, scores
 
 
 def test_no_cell_gives_nothing():
@@ -93,14 +94,13 @@ def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_segmenters_get_rgb_uint8_from_odd_modes(bccd_dir):
-    """Grayscale, RGBA, 16-bit, CMYK and EXIF-rotated files all reach the segmenter as RGB uint8."""
-    s = read_index(bccd_dir, "test")[0]
-    rgb = load_image(s.image)
+def _odd_mode_copies(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """A colour field saved as grey, RGBA, 16-bit grey, CMYK JPEG and EXIF-rotated JPEG,
+    decoded again by imaging.decode_image."""
     pil = Image.fromarray(rgb)
     rotated = Image.fromarray(np.ascontiguousarray(np.rot90(rgb)))
     exif = rotated.getexif()
-    exif[0x0112] = 8  # "rotate 90 CW to view": undoes the np.rot90 above
+    exif[0x0112] = 6  # "rotate 90 CW to view" (PIL: ROTATE_270): undoes np.rot90 (CCW)
     variants = {
         "gray": _encode(pil.convert("L")),
         "rgba": _encode(pil.convert("RGBA")),
@@ -108,12 +108,44 @@ def test_segmenters_get_rgb_uint8_from_odd_modes(bccd_dir):
         "cmyk": _encode(pil.convert("CMYK"), "JPEG", quality=95),
         "exif": _encode(rotated, "JPEG", quality=95, exif=exif),
     }
+    return {name: decode_image(data, name) for name, data in variants.items()}
+
+
+def test_segmenters_get_rgb_uint8_from_odd_modes(bccd_dir):
+    """Grey, RGBA, 16-bit, CMYK and EXIF-rotated files reach the segmenter as RGB uint8 with
+    the field's content: RGBA and EXIF-rotated give the colour field's cell (the same pixels /
+    IoU 0.91 after JPEG), CMYK the same cell (IoU measured 0.91), 16-bit grey is exactly the
+    8-bit grey copy (scaled, not clipped). The classical segmenter finds no cell in a grey field
+    (it needs the stain's colour; 0 of 6 BCCD test fields); see the shipped one below."""
+    s = read_index(bccd_dir, "test")[0]
+    rgb = load_image(s.image)
+    h, w = rgb.shape[:2]
     seg = ClassicalSegmenter()
-    for name, data in variants.items():
-        image = decode_image(data, name)
-        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
-        dets = seg.segment(image)
-        assert isinstance(dets, list), name
-        if name in ("rgba", "exif"):
-            assert image.shape == rgb.shape, name
-            assert dets, f"{name}: the WBC is still found"
+    colour = _union(seg.segment(rgb), h, w)
+    assert colour.any()
+    images = _odd_mode_copies(rgb)
+    for name, image in images.items():
+        assert image.dtype == np.uint8 and image.shape == rgb.shape, name
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    assert np.array_equal(images["gray"][..., 0], grey)
+    assert np.array_equal(images["gray"], images["16bit"])  # 16-bit scaled back exactly
+    assert np.array_equal(images["rgba"], rgb)
+    for name, floor in (("rgba", 1.0), ("exif", 0.85), ("cmyk", 0.85)):  # measured 0.91, 0.91
+        found = _union(seg.segment(images[name]), h, w)
+        overlap = (found & colour).sum() / (found | colour).sum()
+        assert overlap >= floor, (name, overlap)
+
+
+def test_shipped_segmenter_on_a_grey_field(bccd_dir, shipped_segmenter):
+    """A grey (and 16-bit grey) copy of BCCD test field 00023: the shipped Mask R-CNN still
+    finds its WBC, overlapping the colour field's cell (IoU measured 0.69; 3 of the first 6
+    test fields keep their cell in grey, colour carries most of the evidence)."""
+    rgb = load_image(bccd_dir / "images" / "BloodImage_00023.jpg")
+    h, w = rgb.shape[:2]
+    colour = _union(shipped_segmenter.segment(rgb), h, w)
+    assert colour.any()
+    images = _odd_mode_copies(rgb)
+    for name in ("gray", "16bit", "cmyk"):
+        found = _union(shipped_segmenter.segment(images[name]), h, w)
+        overlap = (found & colour).sum() / (found | colour).sum()
+        assert overlap >= (0.55 if name != "cmyk" else 0.95), (name, overlap)

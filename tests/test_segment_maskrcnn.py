@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvat_tools.bundle import save_bundle, shipped_bundle
+from cvat_tools.bundle import save_bundle
 from cvat_tools.errors import BundleError
 from cvat_tools.imaging import load_image
 from cvat_tools.segment.base import Detection, load_segmenter
@@ -120,31 +120,35 @@ def test_train_loop_smoke(tmp_path):
     assert isinstance(load_segmenter(out), MaskRCNNSegmenter)
 
 
-def test_shipped_bundle_on_bccd_test(bccd_dir):
-    path = shipped_bundle("segmenter")
-    if path is None:
-        pytest.skip("no shipped segmenter bundle")
-    seg = load_segmenter(None)
+# Mean WBC Dice of the shipped segmenter on the first 8 BCCD test fields (10 cells): measured
+# 0.942 (all 55 test fields: 0.953, `bash benchmarks/segment_accuracy.sh`); the floor leaves
+# 0.02 for platform noise, less than one cell going wrong (a missed cell costs 0.09).
+BCCD_DICE_FLOOR = 0.92
+# JTSC, every 30th of 300 cells: measured 0.942 (all 300: 0.943, same benchmark).
+JTSC_DICE_FLOOR = 0.92
+
+
+def test_shipped_bundle_on_bccd_test(bccd_dir, shipped_segmenter):
+    seg = shipped_segmenter
     assert isinstance(seg, MaskRCNNSegmenter)
     scores = []
-    for s in read_index(bccd_dir, "test")[:4]:
+    for s in read_index(bccd_dir, "test")[:8]:
         image = load_image(s.image)
         h, w = image.shape[:2]
         dets = seg.segment(image)
         for g in s.load_masks():
             best = max((dice(d.full_mask(h, w), g) for d in dets), default=0.0)
             scores.append(best)
-    assert np.mean(scores) >= 0.85, scores
+    assert len(scores) == 10 and np.mean(scores) >= BCCD_DICE_FLOOR, scores
 
 
-def test_shipped_bundle_on_another_lab_jtsc(jtsc_dir):
+def test_shipped_bundle_on_another_lab_jtsc(jtsc_dir, shipped_segmenter):
     """JTSC (rapid stain, yellow slide, 120x120 single cells) was never trained on or used for
-    selection; the issue's target is mean Dice >= 0.85 (all 300: 0.943, MODEL_CARD.md)."""
+    selection; the issue's target is mean Dice >= 0.85 (all 300: 0.943, MODEL_CARD.md); the
+    floor is the measured value minus noise."""
     from cvat_tools.segment.single_cell import segment_single_cell
 
-    if shipped_bundle("segmenter") is None:
-        pytest.skip("no shipped segmenter bundle")
-    seg = load_segmenter(None)
+    seg = shipped_segmenter
     scores = []
     for s in read_index(jtsc_dir)[::30]:  # 10 cells; this subset measured 0.942
         image = load_image(s.image)
@@ -152,7 +156,7 @@ def test_shipped_bundle_on_another_lab_jtsc(jtsc_dir):
         dets = segment_single_cell(seg, image)
         for g in s.load_masks():
             scores.append(max((dice(d.full_mask(h, w), g) for d in dets), default=0.0))
-    assert len(scores) == 10 and np.mean(scores) >= 0.85, scores
+    assert len(scores) == 10 and np.mean(scores) >= JTSC_DICE_FLOOR, scores
 
 
 def test_any_size_input(tiny_model):

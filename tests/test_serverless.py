@@ -17,7 +17,9 @@ from cvat_tools import labels, serverless
 from cvat_tools.formats.masks import mask_to_full, polygon_to_mask, serverless_mask_decode
 from cvat_tools.imaging import decode_image
 from cvat_tools.pipeline import attribute_specs
-from pipeline_fakes import iou, shared_weights
+from pipeline_fakes import (
+    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_pipeline, iou, shared_weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = REPO / "serverless" / "pytorch" / "cvat_tools" / "wbc" / "nuclio"
@@ -34,12 +36,7 @@ def nuclio(weights_dir):
     """(platform, handler) of main.py, its init_context run with CVAT_TOOLS_WEIGHTS set."""
     import nuclio_sdk.test
 
-    spec = importlib.util.spec_from_file_location("cvat_tools_wbc_main", FUNCTION_DIR / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.modules[spec.name] = module  # the platform finds init_context through the module
-    spec.loader.exec_module(module)
+    module = _load_main("cvat_tools_wbc_main")
     old = os.environ.get(serverless.ENV_WEIGHTS)
     os.environ[serverless.ENV_WEIGHTS] = str(weights_dir)
     os.environ[serverless.ENV_DEVICE] = "cpu"
@@ -113,6 +110,77 @@ def test_write_spec_is_idempotent(tmp_path):
     assert copy.read_text() == (FUNCTION_DIR / "function.yaml").read_text()
 
 
+# -- the handler's success path without data: graded detection scores -------------------------
+
+
+def _load_main(name):
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, FUNCTION_DIR / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the platform finds init_context through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def graded_nuclio():
+    """main.py under nuclio_sdk's platform, its init_context loading graded_pipeline()."""
+    import nuclio_sdk.test
+
+    module = _load_main("cvat_tools_wbc_main_graded")
+    platform = nuclio_sdk.test.Platform()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(serverless, "load_pipeline_from_env", graded_pipeline)
+        platform.call_handler(module.handler, _event({"image": ""}))  # runs init_context once
+    return platform, module.handler
+
+
+def _graded_png() -> bytes:
+    return _png(Image.new("RGB", GRADED_SHAPE[::-1], (225, 215, 220)))
+
+
+@pytest.mark.parametrize("threshold", [None, *GRADED_COUNTS])
+def test_handler_honours_the_request_threshold(graded_nuclio, threshold):
+    """Scores 0.99 ... 0.5: each threshold keeps exactly the cells scoring >= it, and the items
+    are Pipeline.run's instances (label, confidence, mask, attributes) at that threshold."""
+    body = {"image": _b64(_graded_png())}
+    if threshold is not None:
+        body["threshold"] = threshold
+    status, items = _call(graded_nuclio, body)
+    assert status == 200, items
+    expected_n = GRADED_COUNTS[0.5 if threshold is None else threshold]
+    assert len(items) == expected_n
+    assert [float(i["confidence"]) for i in items] == list(GRADED_SCORES[:expected_n])
+    h, w = GRADED_SHAPE
+    expected = graded_pipeline().run(np.zeros((h, w, 3), np.uint8),
+                                      threshold=0.5 if threshold is None else threshold)
+    assert len(expected) == expected_n
+    for inst, item in zip(expected, items):
+        full = _check_item(item, w, h)
+        assert item["label"] == inst.label
+        assert np.array_equal(full, mask_to_full(inst.geometry, w, h))
+        assert {a["name"]: a["value"] for a in item["attributes"]} == inst.attributes
+    platform, handler = graded_nuclio
+    seen = platform._get_handler_context(handler).user_data.pipeline.segmenter.calls[-1]
+    assert seen == (0.5 if threshold is None else threshold)
+
+
+def test_handler_threshold_as_a_string_is_read(graded_nuclio):
+    status, items = _call(graded_nuclio, {"image": _b64(_graded_png()), "threshold": "0.75"})
+    assert status == 200 and len(items) == GRADED_COUNTS[0.75]
+
+
+def test_graded_items_carry_every_label_and_attribute_rule(graded_nuclio):
+    status, items = _call(graded_nuclio, {"image": _b64(_graded_png()), "threshold": 0.0})
+    assert status == 200
+    # the fakes answer neutrophil/monocyte/band/monocyte/eosinophil/lymphocyte after the rule
+    assert [i["label"] for i in items] == ["neutrophil", "monocyte", "band cell", "monocyte",
+                                           "eosinophil", "lymphocyte"]
+    review = [{a["name"]: a["value"] for a in i["attributes"]}["needs_review"] for i in items]
+    assert review == ["false", "true", "false", "true", "false", "true"]
+
+
 # -- the handler on real images ----------------------------------------------------------------
 
 
@@ -168,7 +236,7 @@ def test_bccd_field_matches_pipeline_and_ground_truth(nuclio, bccd_dir):
         assert np.array_equal(mask_to_full(inst.geometry, w, h), full)
         assert {a["name"]: a["value"] for a in item["attributes"]} == inst.attributes
     gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
-    assert max(iou(full, gt) for full in fulls) > 0.5  # classical watershed: 0.59 here
+    assert max(iou(full, gt) for full in fulls) >= 0.55  # classical watershed: 0.59 here
 
 
 def test_upscaled_jtsc_cell(nuclio, jtsc_dir):
@@ -186,7 +254,10 @@ def test_upscaled_jtsc_cell(nuclio, jtsc_dir):
 def test_threshold_one_returns_only_certain_cells(nuclio, bccd_dir):
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
     status, items = _call(nuclio, {"image": _b64(data), "threshold": 1.0})
-    assert status == 200 and all(float(i["confidence"]) >= 1.0 for i in items)
+    # the classical segmenter of this fixture scores its cells 1.0: they stay (graded scores
+    # below: test_handler_honours_the_request_threshold)
+    assert status == 200 and len(items) >= 1
+    assert all(float(i["confidence"]) >= 1.0 for i in items)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -200,14 +271,26 @@ def test_blank_slide_gives_an_empty_list(nuclio):
     assert status == 200 and items == []
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
-def test_other_image_modes_are_accepted(nuclio, bccd_dir, mode):
+def _field_items(nuclio, image):
+    status, items = _call(nuclio, {"image": _b64(_png(image))})
+    assert status == 200, items
+    return [_check_item(item, image.width, image.height) for item in items]
+
+
+def test_other_image_modes_give_the_colour_fields_cells(nuclio, bccd_dir):
+    """RGBA: the very cells of the colour field; an adaptive-palette copy: the same cell (IoU
+    measured 0.87 with this fixture's classical segmenter); grey: a valid answer, but the
+    classical segmenter finds no cell without the stain's colour (0 of 6 BCCD test fields; the
+    shipped Mask R-CNN 3 of 6: test_segment_classical.py::test_shipped_segmenter_on_a_grey_field)."""
     with Image.open(bccd_dir / "images" / "BloodImage_00002.jpg") as im:
-        converted = im.convert(mode)
-    status, items = _call(nuclio, {"image": _b64(_png(converted))})
-    assert status == 200
-    for item in items:
-        _check_item(item, 640, 480)
+        colour = im.convert("RGB")
+    reference = _field_items(nuclio, colour)
+    assert len(reference) == 1
+    rgba = _field_items(nuclio, colour.convert("RGBA"))
+    assert len(rgba) == 1 and np.array_equal(rgba[0], reference[0])
+    palette = _field_items(nuclio, colour.convert("P", palette=Image.ADAPTIVE))
+    assert len(palette) == 1 and iou(palette[0], reference[0]) >= 0.8
+    _field_items(nuclio, colour.convert("L"))  # every item, if any, passes CVAT's rules
 
 
 # -- bad requests --------------------------------------------------------------------------
@@ -281,38 +364,29 @@ def test_oversized_image_is_400(nuclio, bccd_dir, monkeypatch):
 # -- the shipped models, once they are in cvat_tools/weights/ ----------------------------------
 
 
-def _shipped():
-    from cvat_tools.bundle import shipped_bundle
+# IoU of the shipped pipeline's cell with the ground truth on BCCD test field 00005: measured
+# 0.933 (the shipped Mask R-CNN: mean Dice 0.953 on BCCD test, benchmarks/segment_accuracy.sh;
+# classical 0.59 here); the floor leaves room for platform noise only.
+SHIPPED_NUCLIO_IOU_FLOOR = 0.85
 
-    return shipped_bundle("classifier")
 
-
-@pytest.mark.skipif(_shipped() is None, reason="no shipped classifier bundle in cvat_tools/weights")
-def test_shipped_pipeline_through_nuclio(bccd_dir, monkeypatch):
+def test_shipped_pipeline_through_nuclio(bccd_dir, shipped_paths, monkeypatch):
     """The function as deployed (no env overrides): shipped bundles, BCCD test-split field."""
-    import sys
-
     import nuclio_sdk.test
 
     monkeypatch.delenv(serverless.ENV_WEIGHTS, raising=False)
     monkeypatch.setenv(serverless.ENV_DEVICE, "cpu")
-    spec = importlib.util.spec_from_file_location("cvat_tools_wbc_main_shipped",
-                                                  FUNCTION_DIR / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _load_main("cvat_tools_wbc_main_shipped")
     platform = nuclio_sdk.test.Platform()
-    data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()  # split: test
+    data = (bccd_dir / "images" / "BloodImage_00005.jpg").read_bytes()  # split: test
     response = platform.call_handler(module.handler, _event({"image": _b64(data)}))
     assert response.status_code == 200
     items = json.loads(response.body)
-    assert len(items) >= 1
+    assert len(items) == 1  # one WBC in this field
     fulls = [_check_item(item, 640, 480) for item in items]
-    gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
-    from cvat_tools.bundle import shipped_bundle
-
-    # Mask R-CNN (dice >= 0.85 on BCCD test in test_segment_maskrcnn.py) vs classical (0.59 here)
-    floor = 0.65 if shipped_bundle("segmenter") else 0.5
-    assert max(iou(full, gt) for full in fulls) > floor
+    gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00005.png")) > 0
+    assert iou(fulls[0], gt) >= SHIPPED_NUCLIO_IOU_FLOOR
     info = platform._get_handler_context(module.handler).user_data.pipeline.info
-    assert info.classifier and "weights" in info.classifier
+    assert info.segmenter == str(shipped_paths["segmenter"])
+    assert info.classifier == str(shipped_paths["classifier"])
+    assert info.refiner == str(shipped_paths["refiner"])
