@@ -88,6 +88,16 @@ def check_cell_size(cell_size: float | None, um_per_px: float | None) -> None:
         check_cell_size(WBC_UM / um_per_px, None)
 
 
+def parse_scale_value(name: str, value: float | str | None) -> float | None:
+    """A cell_size / um_per_px parameter from a string (env var, ``-p name=str:...``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+
+
 WBC_UM = 13.0  # typical WBC diameter (neutrophil 12-15 um, lymphocyte 7-15 um)
 
 
@@ -214,6 +224,11 @@ def _masked_crop(image: np.ndarray) -> float | None:
         return None
     area = float(stats[1:, cv2.CC_STAT_AREA].max())
     return 2 * math.sqrt(area / math.pi)
+
+
+def is_masked_crop(image: np.ndarray) -> bool:
+    """True for a crop made by ``crops.cell_crop`` (the cell on uniform grey)."""
+    return _masked_crop(image) is not None
 
 
 def estimate_scale(image: np.ndarray, long_side: int, cell_size: float | None = None,

@@ -45,6 +45,8 @@ ENV_SEGMENTER = "CVAT_TOOLS_SEGMENTER"
 ENV_CLASSIFIER = "CVAT_TOOLS_CLASSIFIER"
 ENV_REFINER = "CVAT_TOOLS_REFINER"
 ENV_DEVICE = "CVAT_TOOLS_DEVICE"  # cpu, cuda; default: cuda when available
+ENV_CELL_SIZE = "CVAT_TOOLS_CELL_SIZE"  # typical WBC diameter, px; empty: estimated per frame
+ENV_UM_PER_PX = "CVAT_TOOLS_UM_PER_PX"  # microns per pixel; empty: estimated per frame
 DEFAULT_THRESHOLD = 0.5
 POLYGON_TOLERANCE = 1.0  # px; CVAT's own mask functions use 2.5, a cell outline wants detail
 
@@ -176,8 +178,12 @@ def parse_request(body: Any) -> tuple[bytes, float]:
 
 def load_pipeline_from_env() -> Pipeline:
     """The Pipeline as the function's environment describes it (see the ENV_* names)."""
+    from .scale import parse_scale_value
+
     device = os.environ.get(ENV_DEVICE) or _default_device()
     return Pipeline.load(
+        cell_size=parse_scale_value(ENV_CELL_SIZE, os.environ.get(ENV_CELL_SIZE)),
+        um_per_px=parse_scale_value(ENV_UM_PER_PX, os.environ.get(ENV_UM_PER_PX)),
         segmenter=os.environ.get(ENV_SEGMENTER) or None,
         classifier=os.environ.get(ENV_CLASSIFIER) or None,
         refiner=os.environ.get(ENV_REFINER) or None,
@@ -228,6 +234,10 @@ def handler(context: Any, event: Any) -> Any:
     try:
         instances = context.user_data.pipeline.run(image, threshold=threshold)
         items = [to_detector_item(inst) for inst in instances]
+        scale = context.user_data.pipeline.last_scale
+        if scale is not None and scale.grayscale:
+            context.logger.warn("grayscale frame (R = G = B): the segmenter was trained on "
+                                "stained colour smears; cells may be missed")
     except CvatToolsError as exc:
         context.logger.warn(f"refused: {exc}")
         return _response(context, str(exc), 400)

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import CvatToolsError
+from .scale_options import checked, scale_options
 
 ENV_TOKEN = "CVAT_ACCESS_TOKEN"
 ENV_USER = "CVAT_USER"
@@ -90,8 +91,9 @@ def connect(host: str, login: dict):
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@scale_options
 def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_unmatched_labels,
-             weights, segmenter, classifier, refiner, device):
+             weights, segmenter, classifier, refiner, device, cell_size, um_per_px):
     """Pre-label every frame of a CVAT task with masks, cell types and review flags.
 
     Credentials: CVAT_ACCESS_TOKEN, or CVAT_USER and CVAT_PASSWORD, in the environment.
@@ -104,11 +106,12 @@ def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_
 
     from ..cvat_function import create
 
+    scale_args = checked(cell_size, um_per_px)
     login = credentials_from_env()
     client = connect(host, login)
     with client:
         function = create(weights=weights, segmenter=segmenter, classifier=classifier,
-                          refiner=refiner, device=device)
+                          refiner=refiner, device=device, **scale_args)
         try:
             annotate_task(client, task_id, function, pbar=DeferredTqdmProgressReporter(),
                           clear_existing=clear_existing, conf_threshold=threshold,
