@@ -20,8 +20,10 @@ Fallbacks, in order, each saying why in :attr:`Scale.fallback`:
   cell): the cell is the non-grey region;
 - "single_cell": a dominant object covers the image centre (PBC, JTSC, another lab's crop):
   its size is the WBC size;
-- "field_default": nothing measurable (blank, black, noise): the image is treated as a BCCD
-  field (long side -> 640 px before the segmenter's own rescale), what every image got before.
+- "field_default": no measurable cell: the image is treated as a BCCD field (long side ->
+  the working size), what every image got before. When nothing stained differs from the
+  background at all (a black, blank or pure-noise frame) :attr:`Scale.empty` is set and the
+  segmenter reports no cell without running (a learned model sees cells in noise).
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class Scale:
     fallback: str | None = None  # why the preferred estimate was impossible
     red_cells: int = 0  # ruler peaks found
     grayscale: bool = False
+    empty: bool = False  # nothing stained differs from the background (black, blank, noise)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -277,6 +280,10 @@ def estimate_scale(image: np.ndarray, long_side: int, cell_size: float | None = 
             wbc = centre / s
             why = reason + "; a dominant object covers the centre: taken as the cell"
             return _capped(Scale(target / wbc, wbc, "single_cell", why, peaks, grey), h, w)
+    if fg is None:
+        return Scale(field_default_factor(h, w, long_side), None, "field_default",
+                     "no stained object differs from the background (blank, black or noise "
+                     "frame)", 0, grey, empty=True)
     return Scale(field_default_factor(h, w, long_side), None, "field_default",
                  fallback=reason + "; no dominant cell: sized as a BCCD field", red_cells=peaks,
                  grayscale=grey)

@@ -217,6 +217,8 @@ class MaskRCNNSegmenter:
         self.last_scale = scale
         if scale.grayscale:
             warnings.warn(GRAYSCALE_WARNING, GrayscaleWarning, stacklevel=2)
+        if scale.empty:
+            return []
         fixed = scale.method == "fixed"
         return segment_resampled(
             self._detect, image, scale.factor, threshold, self.mask_threshold,
