@@ -180,7 +180,7 @@ def part_zoom(seg, bccd_fields, jtsc_images) -> list[dict]:
     return rows
 
 
-def part_mosaic(seg, fields, per_k: int = 2) -> list[dict]:
+def part_mosaic(seg, fields, per_k: int = 1) -> list[dict]:
     rows = []
     for k in MOSAIC_K:
         tally = Tally()
@@ -369,7 +369,9 @@ def emit(row: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bccd-limit", type=int, default=None, help="first N BCCD test fields")
+    ap.add_argument("--bccd-limit", type=int, default=None,
+                    help="zoom sweep on the first N BCCD test fields (mosaics use them all)")
+    ap.add_argument("--mosaics", type=int, default=1, help="mosaics per k")
     ap.add_argument("--jtsc-limit", type=int, default=60, help="N JTSC images, evenly spaced")
     ap.add_argument("--pbc-limit", type=int, default=70)
     ap.add_argument("--modes", nargs="+", default=["auto"], choices=["auto", "fixed"])
@@ -387,7 +389,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    fields = bccd("test", args.bccd_limit)
+    all_fields = bccd("test")
+    fields = all_fields[:args.bccd_limit]
     singles = jtsc(args.jtsc_limit)
     rows = []
     for mode in args.modes:
@@ -397,11 +400,11 @@ def main() -> None:
             if part == "zoom":
                 new = part_zoom(seg, fields, singles)
             elif part == "mosaic":
-                new = part_mosaic(seg, fields)
+                new = part_mosaic(seg, all_fields, args.mosaics)
             elif part == "single":
                 new = part_single(seg, singles, args.pbc_limit)
             elif part == "negatives":
-                new = part_negatives(seg, fields)
+                new = part_negatives(seg, all_fields[:20])
             elif part == "speed":
                 new = part_speed(mode, args.threads)
             else:

@@ -235,7 +235,7 @@ def handler(context: Any, event: Any) -> Any:
         instances = context.user_data.pipeline.run(image, threshold=threshold)
         items = [to_detector_item(inst) for inst in instances]
         scale = context.user_data.pipeline.last_scale
-        if scale is not None and scale.grayscale:
+        if scale is not None and scale.grayscale and not scale.empty:
             context.logger.warn("grayscale frame (R = G = B): the segmenter was trained on "
                                 "stained colour smears; cells may be missed")
     except CvatToolsError as exc:

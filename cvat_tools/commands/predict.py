@@ -285,7 +285,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
             height, width = rgb.shape[:2]
             scale = pipeline.last_scale
             scales[item.name] = scale.as_dict() if scale is not None else None
-            if scale is not None and scale.grayscale:
+            if scale is not None and scale.grayscale and not scale.empty:
                 warnings_seen.append(f"{item.path}: grayscale image (R = G = B): the segmenter "
                                      "was trained on stained colour smears; cells may be missed")
             dataset.images.append(ImageAnnotation(item.name, width, height, instances,

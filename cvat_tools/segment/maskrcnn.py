@@ -215,10 +215,10 @@ class MaskRCNNSegmenter:
         image = check_image(image)
         scale = self.estimate_scale(image)
         self.last_scale = scale
+        if scale.empty:  # nothing to miss: no grayscale warning either
+            return []
         if scale.grayscale:
             warnings.warn(GRAYSCALE_WARNING, GrayscaleWarning, stacklevel=2)
-        if scale.empty:
-            return []
         fixed = scale.method == "fixed"
         return segment_resampled(
             self._detect, image, scale.factor, threshold, self.mask_threshold,
