@@ -124,9 +124,10 @@ def _shrink(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR), s
 
 
-def _foreground(image: np.ndarray) -> tuple[np.ndarray, float] | None:
+def _foreground(image: np.ndarray, relax: float = 1.0) -> tuple[np.ndarray, float] | None:
     """(uint8 0/1 foreground, contrast) of a small RGB image: what is darker than the slide
-    background (the median colour of its brightest 40%); None on a flat or noise image."""
+    background (the median colour of its brightest 40%), at ``relax`` x the Otsu threshold;
+    None on a flat or noise image."""
     f = image.astype(np.float32)
     g = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
     smooth = cv2.GaussianBlur(g, (0, 0), 2.0)
@@ -143,7 +144,9 @@ def _foreground(image: np.ndarray) -> tuple[np.ndarray, float] | None:
     if top < 12:  # no stained object differs visibly from the background
         return None
     u8 = cv2.convertScaleAbs(score, alpha=255.0 / top)
-    _, fg = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    t, fg = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if relax != 1.0:
+        fg = (u8 >= t * relax).astype(np.uint8)
     return fg, top
 
 
@@ -195,6 +198,19 @@ def red_cell_diameter(small: np.ndarray) -> tuple[float | None, int, np.ndarray 
     if big.size * math.pi * ruler * ruler / 4 < MIN_COVERAGE * float(fg.sum()):
         return ruler, 0, fg
     return ruler, int(big.size), fg
+
+
+CYTOPLASM_RELAX = 0.6  # x Otsu: pale cytoplasm belongs to the cell (see _cell_foreground)
+
+
+def _cell_foreground(small: np.ndarray) -> np.ndarray:
+    """Foreground for measuring one whole cell: Otsu at full strength keeps a WBC's nucleus
+    and loses its pale cytoplasm (JTSC: cell read at 0.64x its size in 5% of images, whose
+    lobes the model then splits); 0.6 x the threshold keeps it (97% within 15%)."""
+    fg = _foreground(small, CYTOPLASM_RELAX)[0]
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+    return _fill_holes(cv2.morphologyEx(fg, cv2.MORPH_CLOSE, close))
 
 
 def _centre_object(fg: np.ndarray) -> float | None:
@@ -275,7 +291,7 @@ def estimate_scale(image: np.ndarray, long_side: int, cell_size: float | None = 
         return _capped(Scale(target / wbc, wbc, "red_cells", None, peaks, grey), h, w)
     reason = f"{peaks} red cells found (need {MIN_RED_CELLS})"
     if fg is not None:
-        centre = _centre_object(fg)
+        centre = _centre_object(_cell_foreground(small))
         if centre is not None:
             wbc = centre / s
             why = reason + "; a dominant object covers the centre: taken as the cell"
