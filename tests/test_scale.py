@@ -110,7 +110,7 @@ def test_single_cell_and_masked_crop_fallbacks(jtsc_dir):
 
 
 @pytest.mark.parametrize("kind", ["black", "white", "noise", "grey_noise"])
-def test_blank_frames_fall_back_to_the_field_rule(kind):
+def test_blank_frames_are_empty(kind):
     rng = np.random.default_rng(1)
     image = {
         "black": np.zeros((480, 640, 3), np.uint8),
@@ -120,7 +120,10 @@ def test_blank_frames_fall_back_to_the_field_rule(kind):
     }[kind]
     sc = S.estimate_scale(image, LONG_SIDE)
     assert sc.method == "field_default" and sc.cell_size is None
-    assert sc.factor == pytest.approx(LONG_SIDE / 640) and "red cells" in sc.fallback
+    assert sc.factor == pytest.approx(LONG_SIDE / 640) and sc.empty
+    assert "no stained object" in sc.fallback
+    # A field of red cells without a dominant one is no empty frame: sized as a BCCD field.
+    assert not S.estimate_scale(smear(40, across=2, wbc=False), LONG_SIDE).empty
 
 
 def test_given_sizes_and_their_limits():

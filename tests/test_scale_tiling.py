@@ -182,6 +182,12 @@ def test_shipped_segmenter_warns_on_grayscale(shipped, bccd_dir):
     assert shipped.last_scale.grayscale
 
 
+def test_shipped_segmenter_finds_nothing_on_empty_frames(shipped):
+    rng = np.random.default_rng(0)
+    for frame in (np.zeros((480, 640, 3), np.uint8), rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)):
+        assert shipped.segment(frame, 0.05) == [] and shipped.last_scale.empty
+
+
 def test_fixed_mode_is_the_old_rule(shipped, bccd_dir):
     image, _ = _bccd(bccd_dir, 1)[0]
     shipped.set_scale("fixed")
