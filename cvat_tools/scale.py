@@ -52,7 +52,9 @@ MIN_COVERAGE = 0.3  # of the foreground covered by the ruler's discs (see red_ce
 MAX_WORK_PIXELS = 16e6  # working-image cap: a 12 MP photo of tiny cells stays tractable
 CELL_SIZE_RANGE = (8.0, 2000.0)  # --cell-size limits, px
 ANALYSIS_LONG_SIDE = 640  # the estimator's working copy: bounded time on 12 MP photographs
-MIN_RULER_PX = 9.0  # red cells smaller than this in the working copy are re-measured sharper
+MIN_RULER_PX = 20.0  # a ruler below this in the analysis copy is re-measured in a sharper window
+# (at ~10 px, neighbours merge under the fixed-size morphology: an 8x8 mosaic of BCCD fields
+# read 1.6x too large)
 
 
 @dataclass
