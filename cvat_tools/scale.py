@@ -258,9 +258,10 @@ def is_masked_crop(image: np.ndarray) -> bool:
 
 
 def estimate_scale(image: np.ndarray, long_side: int, cell_size: float | None = None,
-                   um_per_px: float | None = None) -> Scale:
-    """The :class:`Scale` of an RGB uint8 image for a segmenter working at ``long_side``."""
-    target = canonical_wbc_px(long_side)
+                   um_per_px: float | None = None, target_px: float | None = None) -> Scale:
+    """The :class:`Scale` of an RGB uint8 image for a segmenter working at ``long_side``
+    (``target_px``: its trained WBC diameter, default :func:`canonical_wbc_px`)."""
+    target = target_px or canonical_wbc_px(long_side)
     h, w = image.shape[:2]
     grey = is_grayscale(image)
     check_cell_size(cell_size, um_per_px)

@@ -151,8 +151,11 @@ class MaskRCNNSegmenter:
 
     def __init__(self, model: MaskRCNN, long_side: int = 384, device: str = "cpu", mask_threshold: float = 0.5,
                  balance: bool = False, scale: str = "auto", cell_size: float | None = None,
-                 um_per_px: float | None = None):
+                 um_per_px: float | None = None, wbc_px: float | None = None):
         self.model = model.eval().to(device)
+        # WBC diameter (working px) the model was trained on: the bundle's architecture
+        # "wbc_px" when it records one, else BCCD's at this long side (cvat_tools/scale.py).
+        self.wbc_px = float(wbc_px) if wbc_px else None
         self.balance = balance
         self.long_side = int(long_side)
         self.device = device
@@ -181,7 +184,7 @@ class MaskRCNNSegmenter:
         except RuntimeError as exc:
             raise BundleError(f"{path}: weights do not fit the architecture {arch} ({str(exc)[:200]})") from None
         return cls(model, long_side=int(arch.get("long_side", 384)), device=device,
-                   balance=bool(arch.get("balance", False)), **scale)
+                   balance=bool(arch.get("balance", False)), wbc_px=arch.get("wbc_px"), **scale)
 
     def estimate_scale(self, image: np.ndarray):
         """The :class:`~cvat_tools.scale.Scale` this segmenter applies to ``image``."""
@@ -191,7 +194,7 @@ class MaskRCNNSegmenter:
             h, w = image.shape[:2]
             return Scale(field_default_factor(h, w, self.long_side), None, "fixed",
                          grayscale=is_grayscale(image))
-        return estimate_scale(image, self.long_side, self.cell_size, self.um_per_px)
+        return estimate_scale(image, self.long_side, self.cell_size, self.um_per_px, self.wbc_px)
 
     @torch.inference_mode()
     def _detect(self, work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,7 +213,7 @@ class MaskRCNNSegmenter:
 
     def segment(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
         from ..scale import canonical_wbc_px
-        from .tiling import MIN_CANVAS, segment_resampled
+        from .tiling import TILE, segment_resampled
 
         image = check_image(image)
         scale = self.estimate_scale(image)
@@ -220,11 +223,14 @@ class MaskRCNNSegmenter:
         if scale.grayscale:
             warnings.warn(GRAYSCALE_WARNING, GrayscaleWarning, stacklevel=2)
         fixed = scale.method == "fixed"
+        side = self.long_side
+        wbc = self.wbc_px or canonical_wbc_px(side)
         return segment_resampled(
             self._detect, image, scale.factor, threshold, self.mask_threshold,
-            overlap=math.ceil(1.5 * canonical_wbc_px(self.long_side)),
+            overlap=math.ceil(1.5 * wbc), tile=max(TILE, 2 * side, math.ceil(4 * wbc)),
             prepare=balance_background if self.balance else None,
-            min_canvas=(0, 0) if fixed else MIN_CANVAS,
+            # the trained field (long side x 3/4) is the smallest canvas the model sees
+            min_canvas=(0, 0) if fixed else (side, round(side * 0.75)),
         )
 
 
