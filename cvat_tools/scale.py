@@ -2,18 +2,23 @@
 
 The learned segmenter saw WBCs at one size (BCCD fields at its working size, ±30% jitter);
 cameras and objectives differ by 5x or more in pixels per cell. So each image is measured
-first, with a fast classical pass, and resampled so its WBCs land at :data:`CANONICAL_WBC_PX`.
+first, with a fast classical pass (~20 ms on a 640x480 field, ~0.3 s on 12 MP), and
+resampled so its WBCs land at :func:`canonical_wbc_px`.
 
 Method ("red_cells"): red cells are ~7.5 um across in every smear (WBCs ~12-15 um) and a field
-holds many of them, so their median size is a stable ruler. The image is downscaled to a
-bounded working copy, the slide background is found (brightest pixels), everything that
+holds many of them, so their size is a stable ruler. The image is resized to an analysis
+copy of :data:`ANALYSIS_LONG_SIDE` px (small images enlarged up to 4x; tiny cells in a large
+photograph re-measured in a sharper central window), the slide background is found (brightest pixels), everything that
 differs from it is foreground, holes (the red cells' central pallor) are filled, and the
 distance transform's local maxima give each blob's inscribed radius: one peak per red cell,
-also inside clumps of touching cells. The median peak diameter times
-:data:`WBC_PER_RED_CELL` is the WBC diameter. Failure modes: fewer than
-:data:`MIN_RED_CELLS` peaks (a lone crop, a single-cell image, a blank or black frame), badly
-crenated or stacked red cells (the ruler shrinks by ~10%), a field of WBCs only (leukaemia
-smear: the ruler reads WBCs and the factor is ~1.8x too small).
+also inside clumps of touching cells. The 75th-percentile peak diameter times
+:data:`WBC_PER_RED_CELL` is the WBC diameter. Measured: it follows a known zoom within 15%
+for 95-100% of BCCD test fields at 0.25x-4x (tests/test_scale.py); against each field's own
+WBC it is within 25% for ~70% (WBC types differ by 1.5x in size). Failure modes: fewer than
+:data:`MIN_RED_CELLS` peaks, or peaks covering < :data:`MIN_COVERAGE` of the foreground
+(granules inside one big cell): a lone crop, a single-cell image, a blank frame; a field of
+WBCs only (leukaemia smear: the ruler reads WBCs, the factor comes out ~1.8x too small; use
+--cell-size); wide mosaics read ~15% large.
 
 Fallbacks, in order, each saying why in :attr:`Scale.fallback`:
 - "masked_crop": the image is a crop made by ``crops.cell_crop`` (uniform grey outside the
@@ -41,12 +46,12 @@ from .errors import InputError
 # (x0.6): 104.5 px. Any bundle trained on BCCD-sized fields at long side L has 174.2 * L / 640.
 BCCD_WBC_PX = 174.2
 BCCD_LONG_SIDE = 640
-# WBC diameter / red-cell ruler (the median distance-transform peak diameter measured by
+# WBC diameter / red-cell ruler (the 75th-percentile distance-transform peak diameter of
 # :func:`red_cell_diameter`): the median over BCCD train fields of each field's WBC
 # equivalent diameter divided by its measured ruler (scripted in benchmarks/scale_sweep.py
-# --calibrate): 1.89 (IQR 1.44-2.17, the WBC types differ too). Physically ~1.6-2
+# --calibrate): 1.90 (IQR 1.45-2.18, the WBC types differ too). Physically ~1.6-2
 # (12-15 um / 7.5 um).
-WBC_PER_RED_CELL = 1.89
+WBC_PER_RED_CELL = 1.90
 MIN_RED_CELLS = 6
 MIN_COVERAGE = 0.3  # of the foreground covered by the ruler's discs (see red_cell_diameter)
 MAX_WORK_PIXELS = 16e6  # working-image cap: a 12 MP photo of tiny cells stays tractable
