@@ -2,6 +2,7 @@
 
     cvat-cli --server-host URL --auth USER task auto-annotate TASK_ID \\
         --function-module cvat_tools.cvat_function [-p weights=str:DIR] [-p device=str:cuda] \\
+        [-p cell_size=float:150] [-p um_per_px=float:0.1] \\
         [--conf-threshold 0.5] [--conv-mask-to-poly] [--clear-existing]
 
 or from Python / ``cvat-tools annotate``:
@@ -148,16 +149,20 @@ def create(
     classifier: str | None = None,
     refiner: str | None = None,
     device: str = "cpu",
+    cell_size: float | str | None = None,
+    um_per_px: float | str | None = None,
 ) -> WbcDetectionFunction:
     """Factory cvat-cli calls with the ``-p NAME=str:VALUE`` parameters.
 
     Models: explicit bundle paths, else ``weights/<kind>/``, else the shipped bundles (the
     same rules as ``cvat-tools predict`` and the Nuclio function); ``segmenter="classical"``
     asks for the watershed segmenter. ``device``: cpu, cuda (CPU with a warning when no GPU
-    is visible) or cuda! (fail without one).
+    is visible) or cuda! (fail without one). ``cell_size`` (typical WBC diameter, px) or
+    ``um_per_px`` fix the scale; else it is estimated per frame.
     """
     import logging
 
+    from .scale import parse_scale_value
     from .serverless import check_labels, resolve_device
 
     device = resolve_device(device, logging.getLogger("cvat_tools").warning)
@@ -167,6 +172,8 @@ def create(
         refiner=Path(refiner) if refiner else None,
         weights=Path(weights) if weights else None,
         device=device,
+        cell_size=parse_scale_value("cell_size", cell_size),
+        um_per_px=parse_scale_value("um_per_px", um_per_px),
     )
     check_labels(pipeline)
     return WbcDetectionFunction(pipeline)

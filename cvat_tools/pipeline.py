@@ -152,6 +152,9 @@ class Pipeline:
         device: str = "cpu",
         review_threshold: float = REVIEW_THRESHOLD,
         require_classifier: bool = True,
+        cell_size: float | None = None,
+        um_per_px: float | None = None,
+        scale: str = "auto",
     ) -> "Pipeline":
         """Build the pipeline from bundles.
 
@@ -161,7 +164,9 @@ class Pipeline:
         does no shipped segmenter; a weights folder must say so, see :func:`_bundle_path`);
         without a refiner the classifier's answer is final. A classifier is required (the
         labels CVAT receives are cell types) unless ``require_classifier=False``, which gives
-        segmentation only, every cell labelled "wbc".
+        segmentation only, every cell labelled "wbc". ``cell_size`` (typical WBC diameter in
+        input px) or ``um_per_px`` fix the scale; else each image's is estimated
+        (cvat_tools/scale.py; ``scale="fixed"``: the old long-side rule).
         """
         from .segment.base import load_segmenter
 
@@ -183,6 +188,13 @@ class Pipeline:
             seg_model = ClassicalSegmenter()
         else:
             seg_model = load_segmenter(seg_path, device=device)
+        set_scale = getattr(seg_model, "set_scale", None)
+        if set_scale is not None:  # one scale option for every entry point
+            set_scale(scale, cell_size, um_per_px)
+        elif cell_size is not None or um_per_px is not None:
+            from .scale import check_cell_size
+
+            check_cell_size(cell_size, um_per_px)  # the classical segmenter sizes itself
         clf_model = ref_model = None
         if clf_path is not None:
             from .classify.classifier import CellClassifier
@@ -203,6 +215,12 @@ class Pipeline:
         return cls(seg_model, clf_model, ref_model, review_threshold=review_threshold, info=info)
 
     # -- inference ------------------------------------------------------------------------
+
+    @property
+    def last_scale(self) -> Any | None:
+        """The segmenter's :class:`~cvat_tools.scale.Scale` of the latest :meth:`run` (None
+        for segmenters that size images themselves, such as the classical one)."""
+        return getattr(self.segmenter, "last_scale", None)
 
     def run(self, image: np.ndarray, threshold: float = 0.5) -> list[Instance]:
         """Labelled instances of one RGB uint8 image (H x W x 3), detection score >= threshold."""

@@ -58,6 +58,8 @@ ENV_CLASSIFIER = "CVAT_TOOLS_CLASSIFIER"
 ENV_REFINER = "CVAT_TOOLS_REFINER"
 ENV_DEVICE = "CVAT_TOOLS_DEVICE"  # cpu, cuda (CPU with a warning when no GPU), cuda! (insist)
 ENV_STRICT = "CVAT_TOOLS_STRICT"  # 1: inference failures answer 500 instead of an empty list
+ENV_CELL_SIZE = "CVAT_TOOLS_CELL_SIZE"  # typical WBC diameter, px; empty: estimated per frame
+ENV_UM_PER_PX = "CVAT_TOOLS_UM_PER_PX"  # microns per pixel; empty: estimated per frame
 DEFAULT_THRESHOLD = 0.5
 POLYGON_TOLERANCE = 1.0  # px; CVAT's own mask functions use 2.5, a cell outline wants detail
 # Response bounds: a field holds tens of white cells; these only stop pathological frames
@@ -246,8 +248,12 @@ def resolve_device(requested: str | None, warn: Any = None) -> str:
 
 def load_pipeline_from_env(warn: Any = None) -> Pipeline:
     """The Pipeline as the function's environment describes it (see the ENV_* names)."""
+    from .scale import parse_scale_value
+
     device = resolve_device(os.environ.get(ENV_DEVICE), warn)
     pipeline = Pipeline.load(
+        cell_size=parse_scale_value(ENV_CELL_SIZE, os.environ.get(ENV_CELL_SIZE)),
+        um_per_px=parse_scale_value(ENV_UM_PER_PX, os.environ.get(ENV_UM_PER_PX)),
         segmenter=os.environ.get(ENV_SEGMENTER) or None,
         classifier=os.environ.get(ENV_CLASSIFIER) or None,
         refiner=os.environ.get(ENV_REFINER) or None,
@@ -362,6 +368,10 @@ def handler(context: Any, event: Any) -> Any:
         instances = context.user_data.pipeline.run(frame.image, threshold=threshold)
         items = bounded_items(to_frame(instances, frame), frame.width, frame.height,
                               context.logger.warn)
+        scale = context.user_data.pipeline.last_scale
+        if scale is not None and scale.grayscale and not scale.empty:
+            context.logger.warn("grayscale frame (R = G = B): the segmenter was trained on "
+                                "stained colour smears; cells may be missed")
     except Exception as exc:  # never let a traceback reach CVAT; log it here
         import traceback
 

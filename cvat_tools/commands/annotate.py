@@ -16,6 +16,7 @@ import click
 
 from ..devices import device_option
 from ..errors import CvatToolsError
+from .scale_options import checked, scale_options
 
 ENV_TOKEN = "CVAT_ACCESS_TOKEN"
 ENV_USER = "CVAT_USER"
@@ -192,8 +193,9 @@ def check_task_labels(client, task_id: int, conv_mask_to_poly: bool | None,
               help="cpu, cuda or cuda:N.")
 @click.option("--timeout", type=click.FloatRange(1.0, 3600.0), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds to wait for each answer of the CVAT server.")
+@scale_options
 def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_unmatched_labels,
-             weights, segmenter, classifier, refiner, device, timeout):
+             weights, segmenter, classifier, refiner, device, timeout, cell_size, um_per_px):
     """Pre-label every frame of a CVAT task with masks, cell types and review flags.
 
     Credentials: CVAT_ACCESS_TOKEN, or CVAT_USER and CVAT_PASSWORD, in the environment.
@@ -206,6 +208,7 @@ def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_
 
     from ..cvat_function import create
 
+    scale_args = checked(cell_size, um_per_px)
     login = credentials_from_env()
     host = redact(host)  # credentials come from the environment only, never from the URL
     doing = "logging in"
@@ -217,7 +220,7 @@ def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_
                 conv = check_task_labels(client, task_id, conv_mask_to_poly,
                                          allow_unmatched_labels)
                 function = create(weights=weights, segmenter=segmenter, classifier=classifier,
-                                  refiner=refiner, device=device)
+                                  refiner=refiner, device=device, **scale_args)
                 doing = f"annotating task {task_id}"
                 annotate_task(client, task_id, function, pbar=DeferredTqdmProgressReporter(),
                               clear_existing=clear_existing, conf_threshold=threshold,

@@ -1,8 +1,10 @@
 """``cvat-tools crop IN_DIR --out OUT_DIR``: "PBC Cropped" from single-cell images.
 
-Each image's centre cell is found (classical ``centre_cell_mask``), cropped square around its
-mask and masked (``crops.cell_crop``), written under the same class sub-folder. The output
-folder appears only when every readable image is done; images without a cell are listed.
+Each image's centre cell is found (the scale-aware segmenter's centre instance, the classical
+``centre_cell_mask`` only when it finds none: segment/single_cell.py ``centre_cell``), cropped
+square around its mask and masked (``crops.cell_crop``), written under the same class
+sub-folder. The output folder appears only when every readable image is done; images without
+a cell are listed.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from .scale_options import checked, scale_options
 
 
 @click.command("crop")
@@ -19,7 +22,9 @@ from ..errors import InputError
               help="output folder: new, or an earlier crop output (replaced as a whole when done)")
 @click.option("--size", type=int, default=None, help="resize each crop to SIZE x SIZE px")
 @click.option("--keep-background", is_flag=True, help="keep the context around the cell (no masking)")
-def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool):
+@scale_options
+def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool,
+         cell_size: float | None = None, um_per_px: float | None = None):
     """Crop and mask the centre cell of every single-cell image under IN_DIR (PBC layout:
     IN_DIR/<class>/<image>), keeping the class sub-folders."""
     import cv2
@@ -30,7 +35,8 @@ def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool):
     from ..errors import ImageError
     from ..imaging import list_images, load_image
     from ..outdir import check_out
-    from ..segment.classical import centre_cell_mask
+    from ..segment.base import load_segmenter
+    from ..segment.single_cell import centre_cell
 
     src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()
     if dst == src or src in dst.parents:
@@ -40,9 +46,13 @@ def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool):
     check_out(out_dir, "crop")
     if size is not None and size < 8:
         raise InputError(f"--size {size} is too small; use at least 8 px")
+    scale_args = checked(cell_size, um_per_px)
     images = list_images(src)
     if not images:
         raise InputError(f"{in_dir}: no images found (jpg, png, tif, bmp, webp)")
+    segmenter = load_segmenter(None)
+    if hasattr(segmenter, "set_scale"):
+        segmenter.set_scale("auto", **scale_args)
     failed: list[tuple[Path, str]] = []
     with atomic_dir(dst, command="crop") as tmp:
         for path in tqdm(images, desc="crop", unit="img", dynamic_ncols=True):
@@ -52,11 +62,12 @@ def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool):
             except ImageError as exc:
                 failed.append((rel, str(exc)))
                 continue
-            mask = centre_cell_mask(image)
-            if mask is None:
+            det, _source = centre_cell(segmenter, image)
+            if det is None:
                 failed.append((rel, "no cell found near the centre"))
                 continue
-            out = cell_crop(image, mask, size=size, background=None if keep_background else BACKGROUND)
+            out = cell_crop(image, det.mask.bitmap, det.mask.left, det.mask.top, size=size,
+                            background=None if keep_background else BACKGROUND)
             target = (tmp / rel).with_suffix(".png")
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from .scale_options import checked, scale_options
 
 
 def _overlay(image, gt_masks, dets, path: Path) -> None:
@@ -73,7 +74,12 @@ def evaluate(segmenter, samples, single_cell: bool, overlays: Path | None = None
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="also write the scores as JSON")
 @click.option("--limit", type=int, default=None, help="score only the first N images")
 @click.option("--threads", type=int, default=2, help="CPU threads for the model")
-def segmenter(data, bundles, classical, split, overlays, json_out, limit, threads):
+@click.option("--scale", "scale_mode", type=click.Choice(["auto", "fixed"]), default="auto",
+              show_default=True, help="auto: each image's cell size estimated and resampled to "
+              "the trained size; fixed: long side -> the model's working size (the old rule).")
+@scale_options
+def segmenter(data, bundles, classical, split, overlays, json_out, limit, threads, scale_mode,
+              cell_size, um_per_px):
     """Score segmenters on held-out data: COCO mask AP (0.50:0.95), AP50, AP75, box AP50,
     mean Dice of each ground-truth cell with its best prediction (score >= 0.5)."""
     import torch
@@ -83,6 +89,7 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
     from ..segment.classical import ClassicalSegmenter
     from ..train.segmentation_data import detect_format, read_samples
 
+    scale_args = checked(cell_size, um_per_px)
     if overlays:
         from ..outdir import check_out
 
@@ -95,10 +102,13 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
         raise InputError(f"{data} is a {fmt} folder without splits; drop --split")
     samples = read_samples(data, split)
     segmenters = [load_segmenter(b) for b in bundles]
+    if not segmenters and not classical:
+        segmenters.append(load_segmenter(None))
+    for seg in segmenters:
+        if hasattr(seg, "set_scale"):
+            seg.set_scale(scale_mode, **scale_args)
     if classical:
         segmenters.append(ClassicalSegmenter())
-    if not segmenters:
-        segmenters.append(load_segmenter(None))
     single_cell = fmt == "jtsc"
     results = {}
     written = atomic_dir(overlays, command="evaluate segmenter") if overlays else contextlib.nullcontext()
@@ -107,7 +117,10 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
             key = seg.name if seg.name not in results else f"{seg.name}#{len(results)}"
             results[key] = evaluate(seg, samples, single_cell, folder, limit)
     where = f"{data}" + (f" [{split}]" if split else "")
-    click.echo(f"segmentation scores on {where}" + (" (single cells, upscaled x1.67 onto a 640x480 field)" if single_cell else ""))
+    how = "scale estimated per image" if scale_mode == "auto" else "long side -> working size"
+    if cell_size or um_per_px:
+        how = f"cell size {cell_size} px" if cell_size else f"{um_per_px} um/px"
+    click.echo(f"segmentation scores on {where} ({'single cells, ' if single_cell else ''}{how})")
     cols = ["images", "cells", "mask_AP", "mask_AP50", "mask_AP75", "box_AP50", "mean_dice", "seconds_per_image"]
     click.echo(f"{'segmenter':<12}" + "".join(f"{c:>18}" for c in cols))
     for name, r in results.items():
@@ -115,4 +128,5 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
         click.echo(f"{name:<12}{cells}")
     if json_out:
         with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps({"data": str(data), "split": split, "results": results}, indent=2) + "\n")
+            tmp.write_text(json.dumps({"data": str(data), "split": split, "scale": how,
+                                       "results": results}, indent=2) + "\n")

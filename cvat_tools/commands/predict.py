@@ -30,6 +30,7 @@ from ..errors import CvatToolsError, InputError
 from ..formats.annotations import Dataset, ImageAnnotation, Instance, Mask
 from ..imaging import IMAGE_SUFFIXES, list_images, load_image
 from ..labels import PRIORS
+from .scale_options import checked, scale_options
 
 FORMATS = {  # --format -> what is written under OUT
     "cvat": "annotations.xml",
@@ -173,6 +174,18 @@ def _bar_chart(total: Counter, order: list[str], path: Path, n_images: int) -> N
     plt.close(fig)
 
 
+def write_scale_report(scales: dict[str, dict | None], path: Path) -> None:
+    """scale.csv: how each image was resampled for the segmenter (factor, WBC size, method)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "factor", "cell_size_px", "method", "fallback"])
+        for name, sc in scales.items():
+            sc = sc or {}
+            writer.writerow([name, sc.get("factor", ""), sc.get("cell_size", ""),
+                             sc.get("method", "classical"), sc.get("fallback") or ""])
+
+
 def cvat_label_constructor() -> list[dict]:
     """CVAT's label constructor JSON ("Raw" tab) for our labels and attributes."""
     from ..pipeline import label_specs
@@ -234,25 +247,29 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
               "peripheral-blood differential), or none (all classes equally likely: e.g. a leukaemia smear).")
 @click.option("--device", default="cpu", show_default=True, callback=device_option,
               help="cpu, cuda or cuda:N.")
+@scale_options
 @click.pass_context
 def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
-            refiner, prior, device):
+            refiner, prior, device, cell_size, um_per_px):
     """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders)."""
     from tqdm import tqdm
 
     from ..pipeline import Pipeline, label_specs
 
     check_out(out, inputs)
+    scale_args = checked(cell_size, um_per_px)
     images, failures = collect_inputs(inputs)
     if not images:
         raise InputError("no image among the inputs: " + "; ".join(failures))
     pipeline = Pipeline.load(segmenter=segmenter, classifier=classifier, refiner=refiner,
-                             weights=weights, device=device)
+                             weights=weights, device=device, **scale_args)
     if prior != "bundle" and pipeline.refiner is not None:
         pipeline.refiner.set_prior(prior)
     dataset = Dataset(labels=label_specs())
     class_order = [spec.name for spec in dataset.labels]
     colors = _palette(class_order)
+    scales: dict[str, dict | None] = {}  # image name -> the Scale the segmenter applied
+    warnings_seen: list[str] = []
     with atomic_dir(out, command="predict") as tmp:
         if overlay:
             (tmp / "overlays").mkdir()
@@ -267,6 +284,11 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
                 failures.append(message)
                 continue
             height, width = rgb.shape[:2]
+            scale = pipeline.last_scale
+            scales[item.name] = scale.as_dict() if scale is not None else None
+            if scale is not None and scale.grayscale and not scale.empty:
+                warnings_seen.append(f"{item.path}: grayscale image (R = G = B): the segmenter "
+                                     "was trained on stained colour smears; cells may be missed")
             dataset.images.append(ImageAnnotation(item.name, width, height, instances,
                                                   id=len(dataset.images)))
             if overlay:
@@ -280,20 +302,27 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         (tmp / "labels.json").write_text(json.dumps(cvat_label_constructor(), indent=2) + "\n")
         if report:
             write_report(dataset, tmp / "report", class_order)
+            write_scale_report(scales, tmp / "report" / "scale.csv")
         summary = {
             "threshold": threshold,
             "format": fmt,
             "models": vars(pipeline.info),
             # the refiner's decision prior, so a prediction can be read (and rerun) later
             "refiner_prior": pipeline.refiner.decision_prior if pipeline.refiner is not None else None,
-            "images": [{"name": im.name, "cells": len(im.instances)} for im in dataset.images],
+            "scale": {"cell_size": cell_size, "um_per_px": um_per_px,
+                      "mode": "given" if cell_size or um_per_px else "estimated per image"},
+            "images": [{"name": im.name, "cells": len(im.instances), "scale": scales.get(im.name)}
+                       for im in dataset.images],
             "failed": failures,
+            "warnings": warnings_seen,
             "skipped_by_writer": dataset.skipped,
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     cells = sum(len(im.instances) for im in dataset.images)
     click.echo(f"{cells} cells in {len(dataset.images)} images -> {out}"
                f"{os.sep}{FORMATS[fmt]}")
+    for message in warnings_seen:
+        click.echo(f"warning: {message}", err=True)
     if failures:
         click.echo(f"{len(failures)} input(s) could not be annotated:", err=True)
         for message in failures:

@@ -76,27 +76,37 @@ def detection_from_full(full: np.ndarray, score: float, label: str = "wbc") -> D
     return Detection(Mask(np.ascontiguousarray(full[y0:y1, x0:x1]), int(x0), int(y0)), float(score), label)
 
 
-def paste_mask(prob: np.ndarray, box: np.ndarray, scale: float, full_hw: tuple[int, int], threshold: float = 0.5) -> Mask | None:
+def paste_mask(prob: np.ndarray, box: np.ndarray, scale: float | tuple[float, float],
+               full_hw: tuple[int, int], threshold: float = 0.5,
+               offset: tuple[float, float] = (0.0, 0.0)) -> Mask | None:
     """Full-resolution mask of one detection, cropped to its box, from a working-size
-    probability (or 0/1) map; ``box`` is x1,y1,x2,y2 in working pixels, ``scale`` = working /
-    full size. Only the box region is resampled, never the whole image."""
+    probability (or 0/1) map; ``box`` is x1,y1,x2,y2 in the map's pixels, ``scale`` = working /
+    full size (one number, or (x, y) when rounding made the axes differ), ``offset`` = where
+    the map's origin lies in the working image (a tile's corner). Only the box region is
+    resampled, never the whole image."""
     h, w = full_hw
+    sx, sy = (scale, scale) if np.isscalar(scale) else (float(scale[0]), float(scale[1]))
+    ox, oy = offset
     ph, pw = prob.shape
     x1, y1, x2, y2 = box
-    # Box in working pixels, 2 px margin, clipped; then the same region at full resolution.
+    # Box in map pixels, 2 px margin, clipped; then the same region at full resolution.
     wx0, wy0 = max(int(np.floor(x1)) - 2, 0), max(int(np.floor(y1)) - 2, 0)
     wx1, wy1 = min(int(np.ceil(x2)) + 2, pw), min(int(np.ceil(y2)) + 2, ph)
     if wx1 <= wx0 or wy1 <= wy0:
         return None
-    fx0, fy0 = int(np.floor(wx0 / scale)), int(np.floor(wy0 / scale))
-    fx1, fy1 = min(int(np.ceil(wx1 / scale)), w), min(int(np.ceil(wy1 / scale)), h)
+    fx0, fy0 = max(int(np.floor((wx0 + ox) / sx)), 0), max(int(np.floor((wy0 + oy) / sy)), 0)
+    fx1, fy1 = min(int(np.ceil((wx1 + ox) / sx)), w), min(int(np.ceil((wy1 + oy) / sy)), h)
+    if fx1 <= fx0 or fy1 <= fy0:
+        return None
     crop = prob[wy0:wy1, wx0:wx1]
-    if scale != 1.0:
+    if sx != 1.0 or sy != 1.0 or ox != int(ox) or oy != int(oy) or (fx0, fy0) != (wx0 + ox, wy0 + oy):
         # Sample the crop at the full-resolution pixel centres (exact map, not a stretch).
-        xs = ((np.arange(fx0, fx1) + 0.5) * scale - 0.5 - wx0).astype(np.float32)
-        ys = ((np.arange(fy0, fy1) + 0.5) * scale - 0.5 - wy0).astype(np.float32)
+        xs = ((np.arange(fx0, fx1) + 0.5) * sx - 0.5 - ox - wx0).astype(np.float32)
+        ys = ((np.arange(fy0, fy1) + 0.5) * sy - 0.5 - oy - wy0).astype(np.float32)
         mx, my = np.meshgrid(xs, ys)
         crop = cv2.remap(crop.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    else:
+        crop = crop[: fy1 - fy0, : fx1 - fx0]
     bitmap = crop >= threshold
     ys_, xs_ = np.nonzero(bitmap)
     if ys_.size == 0:

@@ -4,14 +4,16 @@ Sized for CPU and for a small bundle (<= 40 MB fp16): FPN and mask head at 128 c
 256-wide box head instead of torchvision's 1024. One foreground class, "wbc": finding and
 outlining cells is this model's job, naming them is the classifier's.
 
-Any image size: the field is rescaled so its long side is ``long_side`` (cells then have the
-BCCD-like size the model was trained on: a 640x480 BCCD field and a 4032x3024 phone
-photograph of a smear both show WBCs ~100-130 px wide at 640), the model runs there, and each
-cell's mask probabilities are cut to its box and resized to full resolution on their own, so
-a 12 MP photograph never needs one full-size array per cell.
+Any image size and magnification: each image's cell size is estimated (cvat_tools/scale.py)
+and the image resampled so its WBCs have the size the model was trained on, in overlapping
+tiles when it is then larger than the working size (segment/tiling.py); each cell's mask
+probabilities are cut to its box and resized to full resolution on their own, so a 12 MP
+photograph never needs one full-size array per cell.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import BundleError
-from .base import Detection, check_image, paste_mask
+from .base import Detection, check_image
 from .normalize import balance_background
 
 LABELS = ["wbc"]
@@ -137,45 +139,100 @@ def resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, flo
 
 
 class MaskRCNNSegmenter:
-    """A trained Mask R-CNN as a :class:`~cvat_tools.segment.base.Segmenter`."""
+    """A trained Mask R-CNN as a :class:`~cvat_tools.segment.base.Segmenter`.
+
+    ``scale``: "auto" measures each image (cvat_tools/scale.py) and resamples it so its WBCs
+    have the trained size, tiling when the result is larger than the working size; "fixed"
+    is the old rule (long side -> ``long_side``, right only for BCCD-like fields).
+    ``cell_size`` (WBC diameter, input px) or ``um_per_px`` override the estimate.
+    """
 
     name = "maskrcnn"
 
     def __init__(self, model: MaskRCNN, long_side: int = 384, device: str = "cpu", mask_threshold: float = 0.5,
-                 balance: bool = False):
+                 balance: bool = False, scale: str = "auto", cell_size: float | None = None,
+                 um_per_px: float | None = None, wbc_px: float | None = None):
         self.model = model.eval().to(device)
+        # WBC diameter (working px) the model was trained on: the bundle's architecture
+        # "wbc_px" when it records one, else BCCD's at this long side (cvat_tools/scale.py).
+        self.wbc_px = float(wbc_px) if wbc_px else None
         self.balance = balance
         self.long_side = int(long_side)
         self.device = device
         self.mask_threshold = mask_threshold
+        self.last_scale = None  # the Scale of the latest segment() call (predict.json records it)
+        self.set_scale(scale, cell_size, um_per_px)
+
+    def set_scale(self, scale: str = "auto", cell_size: float | None = None,
+                  um_per_px: float | None = None) -> None:
+        from ..scale import check_cell_size
+
+        if scale not in ("auto", "fixed"):
+            raise ValueError(f"scale must be 'auto' or 'fixed', got {scale!r}")
+        check_cell_size(cell_size, um_per_px)
+        self.scale_mode, self.cell_size, self.um_per_px = scale, cell_size, um_per_px
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str = "cpu") -> "MaskRCNNSegmenter":
+    def from_bundle(cls, path: str | Path, device: str = "cpu", **scale: Any) -> "MaskRCNNSegmenter":
         from ..bundle import load_bundle, load_weights_into
 
         bundle = load_bundle(path, kind="segmenter", labels=LABELS)
         arch = bundle.architecture
         model = load_weights_into(build_model(arch, pretrained=False), bundle)
         return cls(model, long_side=int(arch.get("long_side", 384)), device=device,
-                   balance=bool(arch.get("balance", False)))
+                   balance=bool(arch.get("balance", False)), wbc_px=arch.get("wbc_px"), **scale)
+
+    def estimate_scale(self, image: np.ndarray):
+        """The :class:`~cvat_tools.scale.Scale` this segmenter applies to ``image``."""
+        from ..scale import Scale, estimate_scale, field_default_factor, is_grayscale
+
+        if self.scale_mode == "fixed" and self.cell_size is None and self.um_per_px is None:
+            h, w = image.shape[:2]
+            return Scale(field_default_factor(h, w, self.long_side), None, "fixed",
+                         grayscale=is_grayscale(image))
+        return estimate_scale(image, self.long_side, self.cell_size, self.um_per_px, self.wbc_px)
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
-        image = check_image(image)
-        h, w = image.shape[:2]
-        work, scale = resize_long_side(image, self.long_side)
-        if self.balance:
-            work = balance_background(work)
+    def _detect(self, work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes, scores, mask probabilities of one working-size RGB tile."""
         work = work if work.flags.writeable and work.flags.c_contiguous else np.array(work)
+        # More proposals and detections on tiles larger than the trained field, so a wide
+        # tile full of cells keeps them all (100 / 60 on a 384x288 field, as trained).
+        area = work.shape[0] * work.shape[1] / (self.long_side * self.long_side * 0.75)
+        rpn, heads = self.model.rpn, self.model.roi_heads
+        rpn._post_nms_top_n["testing"] = int(min(1000, max(100, 100 * area)))
+        heads.detections_per_img = int(min(600, max(60, 60 * area)))
         x = torch.from_numpy(work).permute(2, 0, 1).float().div_(255).to(self.device)
         out = self.model([x])[0]
-        keep = out["scores"] >= threshold
-        boxes = out["boxes"][keep].cpu().numpy()
-        scores = out["scores"][keep].cpu().numpy()
-        probs = out["masks"][keep, 0].cpu().numpy()
-        dets = []
-        for box, score, prob in zip(boxes, scores, probs):
-            mask = paste_mask(prob, box, scale, (h, w), self.mask_threshold)
-            if mask is not None:
-                dets.append(Detection(mask, float(score)))
-        return dets
+        return (out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                out["masks"][:, 0].cpu().numpy())
+
+    def segment(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
+        from ..scale import canonical_wbc_px
+        from .tiling import TILE, segment_resampled
+
+        image = check_image(image)
+        scale = self.estimate_scale(image)
+        self.last_scale = scale
+        if scale.empty:  # nothing to miss: no grayscale warning either
+            return []
+        if scale.grayscale:
+            warnings.warn(GRAYSCALE_WARNING, GrayscaleWarning, stacklevel=2)
+        fixed = scale.method == "fixed"
+        side = self.long_side
+        wbc = self.wbc_px or canonical_wbc_px(side)
+        return segment_resampled(
+            self._detect, image, scale.factor, threshold, self.mask_threshold,
+            overlap=math.ceil(1.5 * wbc), tile=max(TILE, 2 * side, math.ceil(4 * wbc)),
+            prepare=balance_background if self.balance else None,
+            # the trained field (long side x 3/4) is the smallest canvas the model sees
+            min_canvas=(0, 0) if fixed else (side, round(side * 0.75)),
+        )
+
+
+GRAYSCALE_WARNING = ("grayscale image (R = G = B): the segmenter was trained on stained colour "
+                     "smears; cells may be missed (best effort)")
+
+
+class GrayscaleWarning(UserWarning):
+    """The input has no colour: a best-effort result, never a silent empty one."""

@@ -1,8 +1,11 @@
-"""Segment a small single-cell image (JTSC 120x120, a crop) with a field segmenter.
+"""The cell of a single-cell image (PBC 360x363, JTSC 120x120, another lab's crop, a masked
+crop): one code path for ``classify``, ``crop`` and ``evaluate segmenter``.
 
-Field segmenters expect cells of BCCD size (~135 px across in a 640x480 field). A tiny crop
-is upscaled by ``upscale`` and centred on a field-sized canvas of its own mirror images; the
-detections are mapped back to the crop's pixels.
+A scale-aware segmenter (Mask R-CNN, ``scale="auto"`` or a given cell size) measures the cell
+and resamples and mirror-pads the image itself (cvat_tools/scale.py, segment/tiling.py), so
+the image goes to it as it is; its instance nearest the centre is the cell. The classical
+centre_cell_mask answers only when the segmenter finds nothing. Segmenters without scale
+estimation get the old treatment: upscaled by ``upscale`` onto a mirrored 640x480 field.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ def segment_single_cell(segmenter: Segmenter, image: np.ndarray, upscale: float 
     own = getattr(segmenter, "segment_single_cell", None)
     if own is not None:  # the classical segmenter has the thesis's single-cell algorithm
         return own(image, threshold=threshold)
+    if getattr(segmenter, "scale_mode", None) == "auto" or getattr(segmenter, "cell_size", None) \
+            or getattr(segmenter, "um_per_px", None):
+        return segmenter.segment(image, threshold=threshold)
     h, w = image.shape[:2]
     canvas, (x0, y0, uw, uh) = as_field(image, upscale)
     out = []
@@ -61,3 +67,24 @@ def centre_detection(detections: list[Detection], height: int, width: int) -> De
         x1, y1, x2, y2 = d.box
         return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
     return min(detections, key=dist) if detections else None
+
+
+SINGLE_CELL_THRESHOLD = 0.3  # a single-cell image holds its cell: a low bar finds pale ones
+
+
+def centre_cell(segmenter: Segmenter | None, image: np.ndarray,
+                threshold: float = SINGLE_CELL_THRESHOLD) -> tuple[Detection | None, str]:
+    """(the cell a single-cell image was taken for, where its mask came from): "segmenter"
+    (its centre instance), "classical" (centre_cell_mask, when the segmenter finds none or
+    there is no segmenter) or "none"."""
+    image = check_image(image)
+    h, w = image.shape[:2]
+    if segmenter is not None:
+        det = centre_detection(segment_single_cell(segmenter, image, threshold=threshold), h, w)
+        if det is not None:
+            return det, "segmenter"
+    from .classical import centre_cell_mask
+
+    mask = centre_cell_mask(image)
+    det = detection_from_full(mask, 0.0) if mask is not None else None
+    return (det, "classical") if det is not None else (None, "none")
