@@ -167,7 +167,7 @@ def test_recipe_keys_are_config_fields_and_defaults_keep_the_old_recipe():
 
 def test_init_loads_a_bundle_and_refuses_another_architecture(tmp_path):
     torch = pytest.importorskip("torch")
-    from cvat_tools.bundle import save_bundle
+    from cvat_tools.bundle import read_manifest, save_bundle
     from cvat_tools.errors import InputError
     from cvat_tools.segment.maskrcnn import DEFAULT_ARCHITECTURE, LABELS, build_model
     from cvat_tools.train.segmentation import load_init
@@ -181,7 +181,8 @@ def test_init_loads_a_bundle_and_refuses_another_architecture(tmp_path):
     target = build_model(arch, pretrained=False)
     key = "roi_heads.mask_predictor.mask_fcn_logits.weight"
     assert not torch.equal(target.state_dict()[key], source.state_dict()[key])
-    load_init(target, str(tmp_path / "b"), arch)
+    sha = load_init(target, str(tmp_path / "b"), arch)
+    assert sha == read_manifest(tmp_path / "b")["weights"]["sha256"]
     assert torch.allclose(target.state_dict()[key], source.state_dict()[key], atol=1e-3)  # fp16 bundle
     with pytest.raises(InputError):
         load_init(target, str(tmp_path / "b"), {**arch, "box_head": 512})

@@ -117,8 +117,9 @@ def count_false_cells(model, images: list[np.ndarray], long_side: int, device: s
             "share_with_wbc": float(np.mean([c > 0 for c in counts])) if counts else 0.0}
 
 
-def load_init(model, path: str, arch: dict[str, Any]) -> None:
-    """Start from a bundle's weights (fine-tuning); its architecture must be this one."""
+def load_init(model, path: str, arch: dict[str, Any]) -> str:
+    """Start from a bundle's weights (fine-tuning); its architecture must be this one.
+    Returns the bundle's weight checksum (recorded in the new manifest)."""
     from ..bundle import load_bundle
     from ..errors import InputError
 
@@ -128,6 +129,7 @@ def load_init(model, path: str, arch: dict[str, Any]) -> None:
     if theirs != ours:
         raise InputError(f"--init {path}: architecture {theirs} differs from this recipe's {ours}")
     _unwrap(model).load_state_dict(bundle.state_dict)
+    return bundle.manifest["weights"]["sha256"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +196,9 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
     arch = {**DEFAULT_ARCHITECTURE, "name": cfg.architecture, "backbone": cfg.backbone,
             "long_side": cfg.long_side, "balance": cfg.balance}
     model = build_model(arch, pretrained=cfg.pretrained and not cfg.init)
+    init_sha256 = None
     if cfg.init:
-        load_init(model, cfg.init, arch)
+        init_sha256 = load_init(model, cfg.init, arch)
         if rank == 0:
             print(f"initialized from {cfg.init}")
     model = model.to(cfg.device)
@@ -273,7 +276,8 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
             cfg.out, kind="segmenter", state_dict=state, labels=LABELS, architecture=arch,
             input_size=cfg.long_side,
             normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "range": "RGB 0-1"},
-            training={k: v for k, v in asdict(cfg).items() if k not in ("out", "checkpoint_dir")},
+            training={**{k: v for k, v in asdict(cfg).items() if k not in ("out", "checkpoint_dir")},
+                      **({"init_sha256": init_sha256} if cfg.init else {})},
             metrics={"selected_epoch": best["epoch"] + 1, "val": best["metrics"],
                      **({"val_negatives": best["negatives"]} if best.get("negatives") else {}),
                      "history": history},
