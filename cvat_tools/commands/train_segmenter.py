@@ -32,6 +32,13 @@ def _load_recipe(path: str | None) -> dict:
               help="PBC folder: add WBCs of its train split with classical masks (as mosaics)")
 @click.option("--mosaics", type=int, default=None, help="pseudo-label mosaics (4 cells each) per epoch")
 @click.option("--epochs", type=int, default=None)
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False), default=None,
+              help="fine-tune from this segmenter bundle (e.g. cvat_tools/weights/segmenter)")
+@click.option("--negatives", type=int, default=None, help="hard negatives (no WBC) per epoch")
+@click.option("--zoomed-cells", type=int, default=None,
+              help="pseudo-labelled single cells zoomed to fill the frame, per epoch")
+@click.option("--zoom-prob", type=float, default=None,
+              help="share of training fields zoomed by zoom_range (0.25x-4x) instead of the x0.75-1.33 jitter")
 @click.option("--backbone", default=None, help="efficientnet_lite0 (default), _lite1, _lite2")
 @click.option("--architecture", type=click.Choice(["maskrcnn", "resnet50_fpn"]), default=None)
 @click.option("--long-side", type=int, default=None, help="working size: the field's long side in px")

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from ..bundle import save_bundle
 from ..segment.maskrcnn import DEFAULT_ARCHITECTURE, LABELS, MaskRCNNSegmenter, build_model
 from .metrics import SegmentationScores
-from .segmentation_data import InstanceDataset, SegSample, collate, pbc_pseudo_samples, read_samples
+from .segmentation_data import (InstanceDataset, SegSample, collate, pbc_platelet_samples, pbc_pseudo_samples,
+                                read_samples, val_negatives)
 
 
 @dataclass
@@ -47,6 +48,15 @@ class SegTrainConfig:
     warmup_iters: int = 100
     pseudo_labels: str | None = None    # PBC folder: add its train-split WBCs with classical masks
     mosaics: int = 0                    # 2x2 pseudo-label mosaics added to each epoch
+    scale_range: tuple[float, float] = (0.75, 1.33)  # scale jitter around the canonical field size
+    zoom_prob: float = 0.0              # share of training fields zoomed by zoom_range instead
+    zoom_range: tuple[float, float] = (0.25, 4.0)    # log-uniform zoom of the canonical size
+    zoomed_cells: int = 0               # pseudo-labelled single cells zoomed to fill the frame, per epoch
+    negatives: int = 0                  # hard negatives (no WBC) per epoch
+    gray: float = 0.0                   # probability of a grey copy of a training item
+    val_negatives: int = 0              # no-WBC images cut from the val fields for model selection
+    negative_weight: float = 1.0        # selection score: AP + Dice - weight * share of val negatives with a WBC
+    init: str | None = None             # bundle to fine-tune from (same architecture)
     max_train_images: int | None = None
     max_val_images: int | None = None
     seed: int = 0
@@ -96,6 +106,32 @@ def evaluate_model(model, samples: list[SegSample], long_side: int, device: str 
     return scores.summary()
 
 
+@torch.inference_mode()
+def count_false_cells(model, images: list[np.ndarray], long_side: int, device: str = "cpu",
+                      balance: bool = False, threshold: float = 0.5) -> dict[str, float]:
+    """WBCs found (score >= ``threshold``) on images that hold none."""
+    segmenter = MaskRCNNSegmenter(_unwrap(model), long_side=long_side, device=device, balance=balance)
+    counts = [len(segmenter.segment(image, threshold=threshold)) for image in images]
+    _unwrap(model).train()
+    return {"images": len(images), "wbcs": int(sum(counts)),
+            "share_with_wbc": float(np.mean([c > 0 for c in counts])) if counts else 0.0}
+
+
+def load_init(model, path: str, arch: dict[str, Any]) -> str:
+    """Start from a bundle's weights (fine-tuning); its architecture must be this one.
+    Returns the bundle's weight checksum (recorded in the new manifest)."""
+    from ..bundle import load_bundle
+    from ..errors import InputError
+
+    bundle = load_bundle(path, kind="segmenter", labels=LABELS)
+    theirs = {k: bundle.architecture.get(k) for k in ("name", "backbone", "fpn_channels", "box_head", "mask_head")}
+    ours = {k: arch.get(k) for k in theirs}
+    if theirs != ours:
+        raise InputError(f"--init {path}: architecture {theirs} differs from this recipe's {ours}")
+    _unwrap(model).load_state_dict(bundle.state_dict)
+    return bundle.manifest["weights"]["sha256"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
@@ -143,8 +179,17 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
         pool = pbc_pseudo_samples(cfg.pseudo_labels, seed=cfg.seed)
         if rank == 0:
             print(f"pseudo-labels: {len(pool)} PBC train-split WBC images, {cfg.mosaics} mosaics per epoch")
+    platelets: list[SegSample] = []
+    if cfg.pseudo_labels and cfg.negatives > 0:
+        platelets = pbc_platelet_samples(cfg.pseudo_labels, seed=cfg.seed)
+    if cfg.negatives and rank == 0:
+        print(f"hard negatives: {cfg.negatives} per epoch ({len(platelets)} PBC train-split platelet images)")
     train_set = InstanceDataset(train_samples, cfg.long_side, train=True, seed=cfg.seed + rank, balance=cfg.balance,
-                                mosaic_pool=pool, mosaics=cfg.mosaics)
+                                mosaic_pool=pool, mosaics=cfg.mosaics, scale_range=tuple(cfg.scale_range),
+                                zoom_prob=cfg.zoom_prob, zoom_range=tuple(cfg.zoom_range),
+                                zoomed_cells=cfg.zoomed_cells if cfg.pseudo_labels else 0,
+                                negatives=cfg.negatives, platelet_pool=platelets, gray=cfg.gray)
+    val_neg = val_negatives(val_samples, cfg.long_side, cfg.val_negatives, seed=cfg.seed) if cfg.val_negatives else []
 
     sampler = None
     if world > 1:
@@ -158,7 +203,13 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
 
     arch = {**DEFAULT_ARCHITECTURE, "name": cfg.architecture, "backbone": cfg.backbone,
             "long_side": cfg.long_side, "balance": cfg.balance}
-    model = build_model(arch, pretrained=cfg.pretrained).to(cfg.device)
+    model = build_model(arch, pretrained=cfg.pretrained and not cfg.init)
+    init_sha256 = None
+    if cfg.init:
+        init_sha256 = load_init(model, cfg.init, arch)
+        if rank == 0:
+            print(f"initialized from {cfg.init}")
+    model = model.to(cfg.device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     params = [p for p in model.parameters()]
@@ -207,12 +258,16 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
                 metrics = evaluate_model(model, val_samples, cfg.long_side, cfg.device, cfg.balance)
                 record["val"] = metrics
                 score = metrics["mask_AP"] + metrics["mean_dice"]
+                if val_neg:
+                    record["val_negatives"] = count_false_cells(model, val_neg, cfg.long_side, cfg.device, cfg.balance)
+                    score -= cfg.negative_weight * record["val_negatives"]["share_with_wbc"]
             else:
                 score = float(epoch)  # no validation: keep the last epoch
             print(f"epoch {epoch + 1}: {record}", flush=True)
             history.append(record)
             if score >= best["score"]:
-                best = {"score": score, "epoch": epoch, "metrics": record.get("val", {})}
+                best = {"score": score, "epoch": epoch, "metrics": record.get("val", {}),
+                        "negatives": record.get("val_negatives")}
                 save_checkpoint(best_path, _unwrap(model).state_dict())
             best["history"] = history
             save_checkpoint(last, {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -227,8 +282,11 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
             cfg.out, kind="segmenter", state_dict=state, labels=LABELS, architecture=arch,
             input_size=cfg.long_side,
             normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "range": "RGB 0-1"},
-            training={k: v for k, v in asdict(cfg).items() if k not in ("out", "checkpoint_dir")},
-            metrics={"selected_epoch": best["epoch"] + 1, "val": best["metrics"], "history": history},
+            training={**{k: v for k, v in asdict(cfg).items() if k not in ("out", "checkpoint_dir")},
+                      **({"init_sha256": init_sha256} if cfg.init else {})},
+            metrics={"selected_epoch": best["epoch"] + 1, "val": best["metrics"],
+                     **({"val_negatives": best["negatives"]} if best.get("negatives") else {}),
+                     "history": history},
         )
         print(f"wrote {cfg.out} (epoch {best['epoch'] + 1} of {cfg.epochs})")
     return Path(cfg.out)
