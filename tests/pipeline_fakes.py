@@ -118,6 +118,15 @@ GRADED_COUNTS = {0.0: 6, 0.5: 6, 0.55: 5, 0.65: 4, 0.75: 3, 0.85: 2, 0.95: 1, 1.
 GRADED_SHAPE = (240, 320)
 
 
+def graded_field() -> np.ndarray:
+    """A pale smear-like RGB field with some structure (a smooth gradient): a uniform frame
+    would be answered as blank (frames.is_blank) before any segmenter runs."""
+    h, w = GRADED_SHAPE
+    ramp = np.linspace(-30, 30, w, dtype=np.float32)[None, :, None]
+    base = np.array((215, 200, 210), np.float32)[None, None, :]
+    return np.clip(base + ramp + np.zeros((h, 1, 1), np.float32), 0, 255).astype(np.uint8)
+
+
 class GradedSegmenter:
     """Six disc 'cells' of graded detection scores (GRADED_SCORES) on a GRADED_SHAPE image.
 

@@ -21,7 +21,7 @@ def test_atomic_path_publishes_on_success(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
     with atomic_path(target) as tmp:
-        assert tmp.parent == tmp_path and tmp != target
+        assert tmp_path in tmp.parents and tmp != target  # written beside the target
         tmp.write_text("new")
         assert target.read_text() == "old"  # nothing visible before the block ends
     assert target.read_text() == "new" and _siblings(tmp_path) == ["out.txt"]

@@ -17,7 +17,7 @@ from cvat_tools.formats.masks import mask_to_full, polygon_to_mask
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, attribute_specs
 from pipeline_fakes import (
-    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_pipeline, iou, shared_weights,
+    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_field, graded_pipeline, iou, shared_weights,
 )
 
 
@@ -144,7 +144,7 @@ def test_masks_pass_the_sdk_driver_and_match_the_pipeline(function, bccd_path, l
 
 
 def _graded_frame(mode="RGB"):
-    return PIL.Image.new("RGB", GRADED_SHAPE[::-1], (225, 215, 220)).convert(mode)
+    return PIL.Image.fromarray(graded_field()).convert(mode)
 
 
 @pytest.mark.parametrize("threshold", [None, *GRADED_COUNTS])
@@ -157,7 +157,7 @@ def test_detect_honours_conf_threshold(threshold, labels_json):
     assert len(shapes) == GRADED_COUNTS[used]
     assert function.pipeline.segmenter.calls == [used]
     h, w = GRADED_SHAPE
-    expected = graded_pipeline().run(np.zeros((h, w, 3), np.uint8), threshold=used)
+    expected = graded_pipeline().run(graded_field(), threshold=used)
     assert [i.score for i in expected] == list(GRADED_SCORES[:len(shapes)])
     task = task_from_labels_json(labels_json)
     _, remapped = mapper(task).validate_and_remap(shapes, ds_frame=0)
@@ -318,7 +318,8 @@ class _FakeClient:
             def partial_update_annotations(self, action, task_id, patched_labeled_data_request):
                 client.sent = {"mode": action, "task": task_id, "data": patched_labeled_data_request}
 
-        task = type("Task", (), {"get_labels": staticmethod(lambda: task_labels())})()
+        task = type("Task", (), {"get_labels": staticmethod(
+            lambda: task_from_labels_json(_FakeTaskDataset.raw_labels))})()
         self.tasks = type("Tasks", (), {"api": _Api(),
                                         "retrieve": staticmethod(lambda task_id: task)})()
 
@@ -379,7 +380,7 @@ def test_annotate_uploads_pipeline_output_at_its_threshold(monkeypatch, labels_j
     assert code == 0, text
     assert sent["mode"] == "create"  # without --clear-existing the task's shapes are kept
     h, w = GRADED_SHAPE
-    expected = [graded_pipeline().run(np.zeros((h, w, 3), np.uint8), threshold=threshold)] * 2
+    expected = [graded_pipeline().run(graded_field(), threshold=threshold)] * 2
     assert len(expected[0]) == GRADED_COUNTS[threshold]
     _check_upload(sent, task, expected, [(w, h)] * 2)
 

@@ -18,7 +18,7 @@ from cvat_tools.formats.masks import mask_to_full, polygon_to_mask, serverless_m
 from cvat_tools.imaging import decode_image
 from cvat_tools.pipeline import attribute_specs
 from pipeline_fakes import (
-    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_pipeline, iou, shared_weights,
+    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_field, graded_pipeline, iou, shared_weights,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,13 +131,13 @@ def graded_nuclio():
     module = _load_main("cvat_tools_wbc_main_graded")
     platform = nuclio_sdk.test.Platform()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(serverless, "load_pipeline_from_env", graded_pipeline)
+        mp.setattr(serverless, "load_pipeline_from_env", lambda **kw: graded_pipeline())
         platform.call_handler(module.handler, _event({"image": ""}))  # runs init_context once
     return platform, module.handler
 
 
 def _graded_png() -> bytes:
-    return _png(Image.new("RGB", GRADED_SHAPE[::-1], (225, 215, 220)))
+    return _png(Image.fromarray(graded_field()))
 
 
 @pytest.mark.parametrize("threshold", [None, *GRADED_COUNTS])
@@ -153,7 +153,7 @@ def test_handler_honours_the_request_threshold(graded_nuclio, threshold):
     assert len(items) == expected_n
     assert [float(i["confidence"]) for i in items] == list(GRADED_SCORES[:expected_n])
     h, w = GRADED_SHAPE
-    expected = graded_pipeline().run(np.zeros((h, w, 3), np.uint8),
+    expected = graded_pipeline().run(graded_field(),
                                       threshold=0.5 if threshold is None else threshold)
     assert len(expected) == expected_n
     for inst, item in zip(expected, items):
