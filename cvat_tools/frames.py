@@ -7,6 +7,7 @@ frames that cannot be decoded within the memory budget are refused.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import warnings
@@ -44,16 +45,24 @@ class Frame:
         return self.image.shape[1] != self.width or self.image.shape[0] != self.height
 
 
+@contextlib.contextmanager
+def _open_unbounded(data: bytes):
+    """Open ``data`` with Pillow's own pixel cap lifted: our callers bound the work themselves
+    (header-only reads, draft decoding, an explicit decode budget)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                yield img
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _header(data: bytes, name: str) -> tuple[int, int]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    return img.size
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+        with _open_unbounded(data) as img:
+            return img.size
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image (JPEG, PNG, TIFF, BMP or WebP expected)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -77,24 +86,18 @@ def decode_frame(data: bytes, name: str = "request image", max_pixels: int | Non
     factor = math.sqrt(max_pixels / (w * h))
     target = (max(1, math.floor(w * factor)), max(1, math.floor(h * factor)))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    orientation = img.getexif().get(0x0112, 1)
-                    if img.format == "JPEG":
-                        img.draft("RGB", target)  # the decoder itself reduces (1/2 .. 1/8)
-                    bands = len(img.getbands())
-                    if img.size[0] * img.size[1] * bands > MAX_DECODE_BYTES:
-                        raise ImageError(
-                            f"{name}: {w}x{h} pixels is too large to decode within "
-                            f"{MAX_DECODE_BYTES >> 20} MiB; downscale it first")
-                    img.load()
-                    resample = Image.NEAREST if img.mode in ("1", "P", "PA") else Image.BILINEAR
-                    small = img.resize(target, resample, reducing_gap=3.0)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+        with _open_unbounded(data) as img:
+            orientation = img.getexif().get(0x0112, 1)
+            if img.format == "JPEG":
+                img.draft("RGB", target)  # the decoder itself reduces (1/2 .. 1/8)
+            bands = len(img.getbands())
+            if img.size[0] * img.size[1] * bands > MAX_DECODE_BYTES:
+                raise ImageError(
+                    f"{name}: {w}x{h} pixels is too large to decode within "
+                    f"{MAX_DECODE_BYTES >> 20} MiB; downscale it first")
+            img.load()
+            resample = Image.NEAREST if img.mode in ("1", "P", "PA") else Image.BILINEAR
+            small = img.resize(target, resample, reducing_gap=3.0)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, MemoryError) as exc:

@@ -528,15 +528,21 @@ def coco_rle_encode(bitmap_full: np.ndarray) -> dict:
     return {"size": [int(h), int(w)], "counts": _coco_counts_to_string(runs)}
 
 
-def coco_rle_decode(rle: dict) -> np.ndarray:
-    """Bool bitmap (h x w) of a COCO RLE, compressed (str/bytes) or uncompressed (list)."""
+def _coco_size_and_counts(rle: dict) -> tuple[int, int, object]:
+    """(h, w, counts) of a COCO RLE, its size bounded and a compressed string decoded."""
     h, w = (int(v) for v in rle["size"])
     if h <= 0 or w <= 0 or h * w > MAX_MASK_PIXELS:
         raise ValueError(f"COCO RLE size {[h, w]} is not positive or over {MAX_MASK_PIXELS // 10**6} MP")
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
         counts = _coco_string_to_counts(counts, h * w)
-    elif not isinstance(counts, list):
+    return h, w, counts
+
+
+def coco_rle_decode(rle: dict) -> np.ndarray:
+    """Bool bitmap (h x w) of a COCO RLE, compressed (str/bytes) or uncompressed (list)."""
+    h, w, counts = _coco_size_and_counts(rle)
+    if not isinstance(counts, (list, np.ndarray)):
         raise ValueError("COCO RLE counts must be a string or a list")
     flat = _unruns(counts, h * w)
     return flat.reshape(w, h).T.copy()
@@ -553,19 +559,14 @@ def coco_rle_to_mask(rle: dict, max_pixels: int | None = None) -> Mask | None:
     ``max_pixels``: :class:`MaskBudgetError` (before decoding) when the columns to decode
     hold more pixels than that.
     """
-    h, w = (int(v) for v in rle["size"])
-    if h <= 0 or w <= 0 or h * w > MAX_MASK_PIXELS:
-        raise ValueError(f"COCO RLE size {[h, w]} is not positive or over {MAX_MASK_PIXELS // 10**6} MP")
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = _coco_string_to_counts(counts, h * w)
-    elif isinstance(counts, list):
+    h, w, counts = _coco_size_and_counts(rle)
+    if isinstance(counts, list):
         if len(counts) > min(h * w + 1, MAX_RLE_RUNS):
             raise ValueError(f"COCO RLE has {len(counts)} counts, over the limit for its size")
         if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= h * w for v in counts):
             raise ValueError("COCO RLE counts must be whole numbers between 0 and the mask size")
         counts = np.asarray(counts, dtype=np.int64)
-    else:
+    elif not isinstance(counts, np.ndarray):
         raise ValueError("COCO RLE counts must be a string or a list")
     if counts.size and (counts.min() < 0 or counts.max() > h * w):
         raise ValueError("COCO RLE has a count below 0 or over the mask size")
