@@ -39,12 +39,17 @@ def _depth_ok(obj: Any, limit: int) -> bool:
     return True
 
 
+def file_size(path: Path, what: str | None = None) -> int:
+    """Size of ``path`` in bytes, checked before reading it; InputError when it cannot be read."""
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{what or path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read(source: str | bytes | Path, what: str, max_bytes: int) -> str:
     if isinstance(source, Path):
-        try:
-            size = source.stat().st_size
-        except OSError as exc:
-            raise InputError(f"{what}: cannot read ({exc.strerror or exc})") from None
+        size = file_size(source, what)
         if size > max_bytes:
             raise InputError(f"{what}: {size / 2**20:.1f} MiB is over the {max_bytes / 2**20:.0f} MiB limit")
         data: str | bytes = source.read_bytes()

@@ -48,11 +48,10 @@ _UNSUPPORTED = ("polyline", "ellipse", "cuboid", "skeleton", "tag")
 
 def read_cvat_xml(path: str | Path) -> Dataset:
     """Read a CVAT for images 1.1 XML file; InputError names the file and the problem."""
+    from ..guarded import file_size
+
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    size = file_size(path)
     if size > MAX_XML_BYTES:
         raise InputError(f"{path}: {size / 1e6:.0f} MB is over the {MAX_XML_BYTES / 1e6:.0f} MB limit for an XML file")
     return parse_cvat_xml(path.read_bytes(), str(path))
