@@ -44,8 +44,8 @@ def val_crops(manifest: dict, pbc: Path):
     import cv2
 
     from cvat_tools.crops import cell_crop
+    from cvat_tools.data import cells as D
     from cvat_tools.imaging import load_image
-    from cvat_tools.train import classification_data as D
 
     mask_fn, name = D.mask_function(D.bundle_mask_source(manifest))
     print(f"cutting PBC val images with {name}")
@@ -67,7 +67,7 @@ def val_crops(manifest: dict, pbc: Path):
 
 
 def cross_validated_f1(features: np.ndarray, y: np.ndarray, labels: list[str], seed: int, folds: int = 5) -> float:
-    from cvat_tools.train.classification_metrics import classification_report
+    from cvat_tools.metrics.classification import classification_report
 
     x, target = torch.tensor(features, dtype=torch.float32), torch.tensor(y)
     order = np.random.default_rng(seed).permutation(len(y))
@@ -102,7 +102,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from cvat_tools.classify.classifier import CellClassifier, prepare, to_tensor
-    from cvat_tools.train.classification_eval import score_predictions
+    from cvat_tools.metrics.classification import score_predictions
 
     models = [CellClassifier.from_bundle(b) for b in (args.bundles or [None])]
     labels = models[0].labels

@@ -26,11 +26,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from cvat_tools.bundle import shipped_bundle
     from cvat_tools.classify.classifier import CellClassifier
     from cvat_tools.classify.dann import Refiner
-    from cvat_tools.bundle import shipped_bundle
+    from cvat_tools.data import cells as D
     from cvat_tools.imaging import load_image
-    from cvat_tools.train import classification_data as D
 
     clf = CellClassifier.from_bundle()
     test = D.split_from_manifest(clf.manifest["split"]["files"], args.pbc, "test")

@@ -90,7 +90,8 @@ def main() -> None:
     from cvat_tools.classify.dann import Refiner
     from cvat_tools.classify.rule import combine
     from cvat_tools.classify.stain import StainNormalizer
-    from cvat_tools.train.classification_eval import load_eval_set, score_predictions
+    from cvat_tools.data.eval_sets import load_eval_set
+    from cvat_tools.metrics.classification import score_predictions
 
     clf = CellClassifier.from_bundle(args.classifier)
     bccd = f"BCCD {args.bccd_split}"
@@ -111,8 +112,8 @@ def main() -> None:
 
     # test-time stain normalization: reference from PBC crops of the classifier's TRAIN split
     from cvat_tools.classify.classifier import prepare
+    from cvat_tools.data import cells as D
     from cvat_tools.imaging import load_image
-    from cvat_tools.train import classification_data as D
 
     train = D.split_from_manifest(clf.manifest["split"]["files"], args.data / "pbc", "train")
     train = train[::max(1, len(train) // args.reference_n)]
@@ -137,7 +138,7 @@ def main() -> None:
     rows.append(("shipped refiner", ref, None if ref else "not shipped"))
     rows.append(("rule (clf + shipped)", ref, None if ref else "not shipped"))
     if args.adabn:
-        # each lab's unlabelled crops, the refiners' own targets (classification_data.target_crops)
+        # each lab's unlabelled crops, the refiners' own targets (data.cells.target_crops)
         unlabelled = {bccd: D.target_crops(args.data / "bccd_wbc", clf.input_size),
                       "JTSC": D.target_crops(args.data / "jtsc_wbc", clf.input_size)}
         clf_path = args.classifier or shipped_bundle("classifier")

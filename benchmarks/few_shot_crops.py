@@ -36,7 +36,7 @@ def main() -> None:
 
     from cvat_tools import labels as L
     from cvat_tools.atomic import atomic_dir
-    from cvat_tools.train import classification_data as D
+    from cvat_tools.data import cells as D
 
     rng = np.random.default_rng(args.seed)
     with atomic_dir(args.out, command="benchmarks/few_shot_crops.py") as tmp:  # never replaces a foreign folder

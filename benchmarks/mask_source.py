@@ -38,12 +38,12 @@ def main() -> None:
     from cvat_tools.bundle import shipped_bundle
     from cvat_tools.classify.classifier import CellClassifier
     from cvat_tools.crops import cell_crop
+    from cvat_tools.data import cells as D
     from cvat_tools.imaging import load_image
+    from cvat_tools.metrics.classification import score_predictions
     from cvat_tools.segment.classical import centre_cell_mask
     from cvat_tools.segment.maskrcnn import MaskRCNNSegmenter
     from cvat_tools.segment.single_cell import centre_detection
-    from cvat_tools.train import classification_data as D
-    from cvat_tools.train.classification_eval import score_predictions
 
     bundles = [b.split("=", 1) for b in args.bundle] or [["shipped", None]]
     classifiers = {name: CellClassifier.from_bundle(path) for name, path in bundles}

@@ -108,7 +108,7 @@ class Tally:
     """Recall / precision at score >= SCORE and IoU >= 0.5, AP50 and Dice (train/metrics.py)."""
 
     def __init__(self) -> None:
-        from cvat_tools.train.metrics import SegmentationScores
+        from cvat_tools.metrics.segmentation import SegmentationScores
 
         self.scores = SegmentationScores()
         self.tp = self.fp = self.gt = 0
@@ -116,7 +116,7 @@ class Tally:
         self.n = 0
 
     def add(self, dets, lab: np.ndarray, seconds: float = 0.0, gt_min_area: int = 30) -> None:
-        from cvat_tools.train.metrics import mask_iou
+        from cvat_tools.metrics.segmentation import mask_iou
 
         h, w = lab.shape
         ids = [i for i in np.unique(lab) if i and (lab == i).sum() >= gt_min_area]

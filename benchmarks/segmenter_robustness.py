@@ -130,8 +130,8 @@ def zoomed_sets(samples, z: float):
 
 
 def score_zoom(model, arch, samples, z: float) -> dict:
+    from cvat_tools.metrics.segmentation import SegmentationScores, mask_iou
     from cvat_tools.segment.maskrcnn import MaskRCNNSegmenter
-    from cvat_tools.train.metrics import SegmentationScores, mask_iou
 
     scores = SegmentationScores()
     found = once = n_pred = n_tp = 0
@@ -159,8 +159,8 @@ def score_zoom(model, arch, samples, z: float) -> dict:
 
 def run(bundle: str, zooms: list[float]) -> dict:
     from cvat_tools.bundle import load_bundle
+    from cvat_tools.data.fields import read_index
     from cvat_tools.segment.maskrcnn import LABELS, MaskRCNNSegmenter, build_model
-    from cvat_tools.train.segmentation_data import read_index
 
     b = load_bundle(bundle, kind="segmenter", labels=LABELS)
     model = build_model(b.architecture, pretrained=False)

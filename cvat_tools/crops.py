@@ -60,3 +60,19 @@ def cell_crop(
         interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         out = cv2.resize(out, (size, size), interpolation=interp)
     return out
+
+
+def resize_square(crop: np.ndarray, size: int) -> np.ndarray:
+    """Pad a crop to a square with the crop background grey, then resize to size x size."""
+    h, w = crop.shape[:2]
+    if h != w:
+        side = max(h, w)
+        out = np.empty((side, side, 3), dtype=np.uint8)
+        out[:] = BACKGROUND
+        y0, x0 = (side - h) // 2, (side - w) // 2
+        out[y0:y0 + h, x0:x0 + w] = crop
+        crop = out
+    if crop.shape[0] != size:
+        interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+        crop = cv2.resize(crop, (size, size), interpolation=interp)
+    return crop

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from cvat_tools.data import cells as D
 from cvat_tools.errors import InputError
-from cvat_tools.train import classification_data as D
 from cvat_tools.train.classification import ClassifierConfig, prepare_data
 
 

@@ -8,14 +8,14 @@ import pytest
 
 from cvat_tools.bundle import read_manifest
 from cvat_tools.crops import cell_crop
+from cvat_tools.data import cells as D
+from cvat_tools.data.eval_sets import load_eval_set
 from cvat_tools.errors import InputError
 from cvat_tools.formats.annotations import Mask
 from cvat_tools.imaging import load_image
 from cvat_tools.segment.base import Detection
 from cvat_tools.segment.single_cell import centre_detection
-from cvat_tools.train import classification_data as D
 from cvat_tools.train.classification import ClassifierConfig, prepare_data
-from cvat_tools.train.classification_eval import load_eval_set
 
 from test_classify_pack import SIZE, _crops
 
@@ -88,7 +88,7 @@ def test_mask_option_only_for_pbc_and_must_match_a_pack(tmp_path):
     root = _crops(tmp_path / "crops")
     with pytest.raises(InputError, match="--mask"):
         prepare_data(ClassifierConfig(out=tmp_path / "b", data=root, size=SIZE, mask="segmenter", progress=False))
-    from cvat_tools.train.classification_pack import write_pack
+    from cvat_tools.data.pack import write_pack
 
     cfg = ClassifierConfig(out=tmp_path / "b", data=root, size=SIZE, progress=False)
     pack = write_pack(tmp_path / "p.npz", prepare_data(cfg), SIZE, cfg.seed, cfg.fractions)

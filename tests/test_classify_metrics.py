@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from cvat_tools.train.classification_eval import score_predictions
-from cvat_tools.train.classification_metrics import classification_report, plot_confusion
+from cvat_tools.metrics.classification import score_predictions
+from cvat_tools.metrics.classification import classification_report, plot_confusion
 
 
 def test_report_matches_hand_computation(tmp_path):

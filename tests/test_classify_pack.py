@@ -11,9 +11,9 @@ import torch
 from cvat_tools.bundle import load_bundle
 from cvat_tools.classify.stain import cell_pixels
 from cvat_tools.crops import BACKGROUND
+from cvat_tools.data.pack import read_pack, write_pack
 from cvat_tools.errors import InputError
 from cvat_tools.train.classification import BatchMaker, ClassifierConfig, prepare_data, train_classifier
-from cvat_tools.train.classification_pack import read_pack, write_pack
 
 from cli_run import run_cli
 

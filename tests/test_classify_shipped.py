@@ -24,14 +24,14 @@ def classifier(shipped_classifier):
 
 
 def _held_out(classifier, pbc_dir, n=40):
-    from cvat_tools.train.classification_data import split_from_manifest
+    from cvat_tools.data.cells import split_from_manifest
     test = split_from_manifest(classifier.manifest["split"]["files"], pbc_dir, "test")
     return test[::max(1, len(test) // n)]  # about n, every class (the split is sorted by class)
 
 
 def test_shipped_classifier_on_held_out_pbc(classifier, pbc_dir):
+    from cvat_tools.data.cells import centre_crop, mask_function, mask_source_of
     from cvat_tools.imaging import load_image
-    from cvat_tools.train.classification_data import centre_crop, mask_function, mask_source_of
 
     samples = _held_out(classifier, pbc_dir)
     train = {f for f, _ in classifier.manifest["split"]["files"]["train"]}
@@ -45,8 +45,8 @@ def test_shipped_classifier_on_held_out_pbc(classifier, pbc_dir):
 
 
 def test_shipped_refiner_fits_shipped_classifier(classifier, shipped_refiner_path):
-    from cvat_tools.classify.dann import Refiner
     from cvat_tools import labels as L
+    from cvat_tools.classify.dann import Refiner
     ref = Refiner.from_bundle(classifier_labels=classifier.labels)
     assert ref.labels == list(L.SHARED_CLASSES)
 
@@ -56,7 +56,8 @@ def test_shipped_refiner_decides_under_the_peripheral_blood_prior(classifier, bc
     """BCCD test crops (never seen by the refiner, labels never used in its training or
     choice): the prior must help there, as measured (0.632 -> 0.762 macro-F1, MODEL_CARD.md)."""
     from cvat_tools.classify.dann import Refiner
-    from cvat_tools.train.classification_eval import load_eval_set, score_predictions
+    from cvat_tools.data.eval_sets import load_eval_set
+    from cvat_tools.metrics.classification import score_predictions
 
     ref = Refiner.from_bundle(classifier_labels=classifier.labels)
     assert ref.prior_name == "peripheral-blood"

@@ -214,8 +214,8 @@ def test_fold_batchnorm_same_outputs_fewer_layers():
     import torch
     from torch import nn
 
-    from cvat_tools.classify.backbones import fold_batchnorm
     from cvat_tools.classify.classifier import build_classifier
+    from cvat_tools.models.backbones import fold_batchnorm
 
     model = build_classifier("efficientnet_lite0", 5, pretrained=False).eval()
     with torch.no_grad():  # non-trivial statistics, as after training

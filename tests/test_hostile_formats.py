@@ -304,7 +304,7 @@ def test_cvat_zip_naming_paths_outside_writes_only_under_out(tmp_path, monkeypat
 
 
 def test_training_reader_keeps_coco_file_names_inside_the_folder(tmp_path):
-    from cvat_tools.train.segmentation_data import read_coco
+    from cvat_tools.data.fields import read_coco
 
     folder = tmp_path / "train"
     (folder / "images").mkdir(parents=True)

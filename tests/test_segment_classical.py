@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvat_tools.data.fields import read_index
 from cvat_tools.errors import InputError
 from cvat_tools.imaging import decode_image, load_image
+from cvat_tools.metrics.segmentation import dice
 from cvat_tools.segment.base import Detection
 from cvat_tools.segment.classical import ClassicalSegmenter, centre_cell_mask
-from cvat_tools.train.metrics import dice
-from cvat_tools.train.segmentation_data import read_index
 
 
 def _union(dets: list[Detection], h: int, w: int) -> np.ndarray:

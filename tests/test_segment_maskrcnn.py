@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from cvat_tools.bundle import save_bundle
+from cvat_tools.data.fields import read_index
 from cvat_tools.errors import BundleError
 from cvat_tools.imaging import load_image
+from cvat_tools.metrics.segmentation import dice
 from cvat_tools.segment.base import Detection, load_segmenter
 from cvat_tools.segment.base import paste_mask
 from cvat_tools.segment.maskrcnn import LABELS, MaskRCNNSegmenter, build_model
-from cvat_tools.train.metrics import dice
-from cvat_tools.train.segmentation_data import read_index
 
 TINY = {"long_side": 128, "fpn_channels": 32, "box_head": 64, "mask_head": [32]}
 

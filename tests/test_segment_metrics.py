@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvat_tools.train.metrics import APAccumulator, SegmentationScores, box_iou, dice, mask_box
+from cvat_tools.metrics.segmentation import APAccumulator, SegmentationScores, box_iou, dice, mask_box
 
 # pycocotools is a test dependency (pyproject [test]): the reference, never skipped
 import pycocotools.coco as coco_mod  # noqa: E402

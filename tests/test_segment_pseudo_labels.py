@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from cvat_tools.data import fields as F
+from cvat_tools.data.cells import dedupe, pbc_samples, stratified_split
 from cvat_tools.errors import InputError
 from cvat_tools.train import segmentation_data as S
-from cvat_tools.train.classification_data import dedupe, pbc_samples, stratified_split
 
 
 def _disk_image(size=200, centre=(100, 100), radius=40):
@@ -26,25 +27,25 @@ def test_trusted_mask_kept_concave_or_border_masks_refused(monkeypatch):
     disk = np.zeros((200, 200), bool)
     cv2.circle(disk.view(np.uint8), (100, 100), 40, 1, -1)
     monkeypatch.setattr("cvat_tools.segment.classical.centre_cell_mask", lambda im: disk)
-    assert S.pseudo_label_mask(image) is disk
+    assert F.pseudo_label_mask(image) is disk
 
     # A red cell glued to the WBC: two overlapping disks, clearly not convex.
     glued = disk.copy()
     cv2.circle(glued.view(np.uint8), (168, 100), 28, 1, -1)  # solidity 0.86
     monkeypatch.setattr("cvat_tools.segment.classical.centre_cell_mask", lambda im: glued)
-    assert S.pseudo_label_mask(image) is None
+    assert F.pseudo_label_mask(image) is None
 
     cut = np.zeros((200, 200), bool)
     cut[50:150, 0:80] = True  # touches the left border: the cell is cut, its outline unknown
     monkeypatch.setattr("cvat_tools.segment.classical.centre_cell_mask", lambda im: cut)
-    assert S.pseudo_label_mask(image) is None
+    assert F.pseudo_label_mask(image) is None
 
     monkeypatch.setattr("cvat_tools.segment.classical.centre_cell_mask", lambda im: None)
-    assert S.pseudo_label_mask(image) is None
+    assert F.pseudo_label_mask(image) is None
 
 
 def test_pseudo_label_pool_is_the_classifier_train_split_of_wbcs(pbc_dir):
-    pool = S.pbc_pseudo_samples(pbc_dir, seed=0)
+    pool = F.pbc_pseudo_samples(pbc_dir, seed=0)
     kept, _ = dedupe(pbc_samples(pbc_dir))
     split = stratified_split(kept, seed=0)
     held_out = {s.path for s in split["val"] + split["test"]}
@@ -52,7 +53,7 @@ def test_pseudo_label_pool_is_the_classifier_train_split_of_wbcs(pbc_dir):
     paths = {s.image for s in pool}
     assert len(paths) == len(pool) > 3000
     assert not paths & held_out, "pseudo-labels must not use the classifier's val/test images"
-    assert {train[p] for p in paths} == set(S.PSEUDO_LABEL_CLASSES)  # no erythroblast, no platelet
+    assert {train[p] for p in paths} == set(F.PSEUDO_LABEL_CLASSES)  # no erythroblast, no platelet
     # Most real PBC WBCs get a trusted mask of plausible size (cells ~130 px across).
     rng = random.Random(0)
     found = 0
@@ -72,7 +73,7 @@ def test_mosaic_places_four_cells_one_per_quadrant(tmp_path):
         cv2.imwrite(str(path), _disk_image())
         mask = np.zeros((200, 200), bool)
         cv2.circle(mask.view(np.uint8), (100, 100), 40, 1, -1)
-        samples.append(S.SegSample(path, (lambda m=mask: [m]), path.name))
+        samples.append(F.SegSample(path, (lambda m=mask: [m]), path.name))
     image, masks = S.mosaic(samples, random.Random(0))
     assert image.shape == (400, 400, 3) and masks.shape == (4, 400, 400)
     for k, m in enumerate(masks):
@@ -81,7 +82,7 @@ def test_mosaic_places_four_cells_one_per_quadrant(tmp_path):
         assert ys.min() >= 200 * qy and ys.max() < 200 * (qy + 1)
         assert xs.min() >= 200 * qx and xs.max() < 200 * (qx + 1)
 
-    untrusted = [S.SegSample(s.image, (lambda: []), s.name) for s in samples]
+    untrusted = [F.SegSample(s.image, (lambda: []), s.name) for s in samples]
     with pytest.raises(InputError, match="too few images with a trusted mask"):
         S.mosaic(untrusted, random.Random(0), tries=2)
 
@@ -91,7 +92,7 @@ def test_dataset_adds_mosaics_at_field_scale(tmp_path):
     cv2.imwrite(str(path), _disk_image())
     mask = np.zeros((200, 200), bool)
     cv2.circle(mask.view(np.uint8), (100, 100), 40, 1, -1)
-    pool = [S.SegSample(Path(path), (lambda: [mask]), "cell.png")]
+    pool = [F.SegSample(Path(path), (lambda: [mask]), "cell.png")]
     ds = S.InstanceDataset([], long_side=320, train=False, mosaic_pool=pool, mosaics=3)
     assert len(ds) == 3
     x, target = ds[0]

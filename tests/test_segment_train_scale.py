@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cvat_tools.data.fields import SegSample
 from cvat_tools.train import segmentation_data as D
 
 BG, CELL = (235, 225, 230), (40, 40, 160)
@@ -41,10 +42,10 @@ def _registered(image: np.ndarray, masks: np.ndarray, tol: float = 0.9) -> None:
     assert dark[outer].mean() < 1 - tol
 
 
-def _write_sample(tmp_path: Path, name: str, image: np.ndarray, masks: np.ndarray) -> D.SegSample:
+def _write_sample(tmp_path: Path, name: str, image: np.ndarray, masks: np.ndarray) -> SegSample:
     path = tmp_path / f"{name}.png"
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return D.SegSample(path, lambda m=masks: [x.astype(bool) for x in m], name)
+    return SegSample(path, lambda m=masks: [x.astype(bool) for x in m], name)
 
 
 @pytest.mark.parametrize("scale", [0.3, 1.0, 2.4, 6.0])

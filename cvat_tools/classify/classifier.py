@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from ..bundle import load_bundle, shipped_bundle
+from ..crops import resize_square
 from ..errors import BundleError, InputError
-from .backbones import MEAN, STD, create_backbone, fold_batchnorm
+from ..models.backbones import MEAN, STD, create_backbone, fold_batchnorm
 from .stain import StainNormalizer
 
 
@@ -44,8 +45,6 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
 
 def prepare(crops: list[np.ndarray], size: int, stain: StainNormalizer) -> np.ndarray:
     """Resize to size x size (square-padded with the crop grey) and stain-normalize."""
-    from ..train.classification_data import resize_square
-
     out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
     for i, crop in enumerate(crops):
         crop = np.asarray(crop)

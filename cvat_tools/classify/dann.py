@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..bundle import load_bundle
 from ..errors import BundleError
-from .backbones import create_backbone
+from ..models.backbones import create_backbone
 from .classifier import _BundleModel, _resolve
 
 

@@ -12,7 +12,7 @@ SCORING = click.Choice(["fine", "pbc-folders", "cross-domain"])
 
 
 def _report(name: str, report, plot: Path | None, as_json: bool) -> None:
-    from ..train.classification_metrics import plot_confusion
+    from ..metrics.classification import plot_confusion
 
     click.echo(json.dumps(report.to_dict()) if as_json else f"{name}\n{report.table()}")
     if plot:
@@ -35,7 +35,8 @@ def _report(name: str, report, plot: Path | None, as_json: bool) -> None:
 def classifier(data, bundle, split, scoring, plot, mask, as_json):
     """Score the classifier on held-out crops."""
     from ..classify.classifier import CellClassifier
-    from ..train.classification_eval import default_scoring, load_eval_set, score_predictions
+    from ..data.eval_sets import load_eval_set
+    from ..metrics.classification import default_scoring, score_predictions
 
     model = CellClassifier.from_bundle(bundle)
     evalset = load_eval_set(data, split, model.manifest, mask=mask)
@@ -64,7 +65,8 @@ def refiner(data, bundle, classifier_bundle, split, rule, scoring, plot, prior, 
     from ..classify.classifier import CellClassifier
     from ..classify.dann import Refiner
     from ..classify.rule import combine
-    from ..train.classification_eval import load_eval_set, score_predictions
+    from ..data.eval_sets import load_eval_set
+    from ..metrics.classification import score_predictions
 
     clf = CellClassifier.from_bundle(classifier_bundle)
     ref = Refiner.from_bundle(bundle, classifier_labels=clf.labels)

@@ -37,7 +37,7 @@ def evaluate(segmenter, samples, single_cell: bool, overlays: Path | None = None
 
     from ..imaging import load_image
     from ..segment.single_cell import segment_single_cell
-    from ..train.metrics import SegmentationScores
+    from ..metrics.segmentation import SegmentationScores
 
     scores = SegmentationScores()
     seconds = 0.0
@@ -87,7 +87,7 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
     from ..atomic import atomic_dir, atomic_path
     from ..segment.base import load_segmenter
     from ..segment.classical import ClassicalSegmenter
-    from ..train.segmentation_data import detect_format, read_samples
+    from ..data.fields import detect_format, read_samples
 
     scale_args = checked(cell_size, um_per_px)
     if overlays:

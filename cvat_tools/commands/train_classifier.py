@@ -51,7 +51,7 @@ def classifier(data, pbc, out, epochs, size, backbone, batch_size, lr, stain, se
     if pack_to is None and out is None:
         raise InputError("pass --out BUNDLE (or --pack-to FILE to only pack the data)")
     if size is None:
-        from ..train.classification_pack import read_meta
+        from ..data.pack import read_meta
 
         size = int(read_meta(packed)["size"]) if packed is not None else 112
     cfg = ClassifierConfig(out=out or Path("unused"), data=data, pbc=pbc, epochs=epochs, size=size,
@@ -60,7 +60,7 @@ def classifier(data, pbc, out, epochs, size, backbone, batch_size, lr, stain, se
                            stain_random=stain_random, device=device, workers=workers, packed=packed,
                            mask=mask)
     if pack_to is not None:
-        from ..train.classification_pack import write_pack
+        from ..data.pack import write_pack
 
         if stain != "none" or packed is not None:
             raise InputError("--pack-to packs the crops as cut from --pbc/--data: drop --stain and --packed")

@@ -57,7 +57,7 @@ class EfficientNetFPN(nn.Module):
 
     def __init__(self, variant: str, pretrained: bool, out_channels: int):
         super().__init__()
-        from ..classify.backbones import create_backbone
+        from ..models.backbones import create_backbone
 
         self.body = create_backbone(variant, pretrained=pretrained, features_only=True, out_indices=(1, 2, 3, 4))
         self.fpn = FeaturePyramidNetwork(
@@ -102,7 +102,7 @@ def build_model(architecture: dict[str, Any] | None = None, pretrained: bool = T
         return _no_resize(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **common))
     if arch["name"] != "maskrcnn":
         raise BundleError(f"unknown segmenter architecture {arch['name']!r} (maskrcnn, resnet50_fpn)")
-    from ..classify.backbones import MEAN, STD
+    from ..models.backbones import MEAN, STD
 
     ch = int(arch["fpn_channels"])
     backbone = EfficientNetFPN(arch["backbone"], pretrained, ch)

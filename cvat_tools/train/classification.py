@@ -28,10 +28,10 @@ from .. import labels as L
 from ..bundle import save_bundle
 from ..classify.classifier import build_classifier, to_tensor
 from ..classify.stain import StainNormalizer
+from ..data import cells as D
 from ..errors import InputError
-from . import classification_data as D
+from ..metrics.classification import classification_report
 from .augment import augment_batch
-from .classification_metrics import classification_report
 
 
 @dataclass
@@ -119,7 +119,7 @@ def prepare_data(cfg: ClassifierConfig) -> PreparedData:
 
 def prepare_packed(cfg: ClassifierConfig) -> PreparedData:
     """The split and crops of a pack made elsewhere (test: file list only, no pixels)."""
-    from .classification_pack import read_pack
+    from ..data.pack import read_pack
 
     if cfg.data is not None or cfg.pbc is not None:
         raise InputError("--packed replaces --data/--pbc; pass only one of them")

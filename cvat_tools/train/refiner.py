@@ -32,11 +32,11 @@ from ..bundle import load_bundle, save_bundle
 from ..classify.classifier import to_tensor
 from ..classify.dann import DANN, grl_lambda
 from ..classify.stain import StainNormalizer
+from ..data import cells as D
 from ..errors import InputError
-from . import classification_data as D
+from ..metrics.classification import classification_report
 from .augment import augment_batch
 from .classification import balanced_indices, load_checkpoint, predict_cache, save_checkpoint
-from .classification_metrics import classification_report
 
 
 @dataclass

@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from ..bundle import save_bundle
+from ..data.fields import SegSample, pbc_platelet_samples, pbc_pseudo_samples, read_samples
+from ..metrics.segmentation import SegmentationScores
 from ..segment.maskrcnn import DEFAULT_ARCHITECTURE, LABELS, MaskRCNNSegmenter, build_model
-from .metrics import SegmentationScores
-from .segmentation_data import (InstanceDataset, SegSample, collate, pbc_platelet_samples, pbc_pseudo_samples,
-                                read_samples, val_negatives)
+from .segmentation_data import InstanceDataset, collate, val_negatives
 
 
 @dataclass

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .. import labels as L
-from ..crops import cell_crop
+from ..crops import cell_crop, resize_square
 from ..errors import ImageError, InputError
 from ..imaging import list_images, load_image
 
@@ -177,72 +177,11 @@ def split_from_manifest(files: dict[str, list[list[str]]], root: Path, which: st
 
 # --- 5. crops -------------------------------------------------------------------------------
 
-def _centre_nucleus(image: np.ndarray) -> np.ndarray | None:
-    """The stained nucleus nearest the centre: nuclei are more saturated than the pale red
-    cells and the slide (Otsu on HSV saturation), closed and hole-filled."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    sat = cv2.GaussianBlur(hsv[..., 1], (5, 5), 0)
-    _, fg = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15)))
-    n, comp, stats, cents = cv2.connectedComponentsWithStats(fg)
-    if n <= 1:
-        return None
-    h, w = fg.shape
-    centre = np.array([w / 2, h / 2])
-    best, best_d = None, None
-    for i in range(1, n):
-        if stats[i, cv2.CC_STAT_AREA] < 100:
-            continue
-        d = np.linalg.norm(cents[i] - centre)
-        if best is None or d < best_d:
-            best, best_d = i, d
-    if best is None:
-        return None
-    mask = (comp == best).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(mask)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    return filled.astype(bool)
-
-
-def fallback_centre_cell_mask(image: np.ndarray) -> np.ndarray | None:
-    """Minimal centre-cell mask (nucleus + cytoplasm) for PBC-style images.
-
-    Used only when cvat_tools.segment.classical.centre_cell_mask is not available. The cell
-    is the part of the non-slide foreground (Otsu on green: cells are darker than the slide)
-    that lies within reach of the centre nucleus (its convex hull, dilated by 35% of its
-    size), opened to cut bridges to touching red cells, hole-filled.
-    """
-    nucleus = _centre_nucleus(image)
-    if nucleus is None:
-        return None
-    green = cv2.GaussianBlur(image[..., 1], (5, 5), 0)
-    _, fg = cv2.threshold(green, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
-    ys, xs = np.nonzero(nucleus)
-    k = max(3, int(0.35 * (max(np.ptp(ys), np.ptp(xs)) + 1))) | 1
-    reach = np.zeros(nucleus.shape, np.uint8)
-    cv2.fillConvexPoly(reach, cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32)), 1)
-    reach = cv2.dilate(reach, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    cell = (fg.astype(bool) & reach.astype(bool)) | nucleus
-    cell = cv2.morphologyEx(cell.astype(np.uint8), cv2.MORPH_OPEN,
-                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
-    _, comp = cv2.connectedComponents(cell)
-    hits = comp[nucleus & (comp > 0)]
-    if hits.size == 0:
-        return nucleus
-    out = (comp == np.bincount(hits).argmax()).astype(np.uint8)
-    contours, _ = cv2.findContours(out, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
-    return out.astype(bool) | nucleus
-
-
 def centre_mask_function() -> tuple[Callable[[np.ndarray], np.ndarray | None], str]:
-    """The segmentation engineer's centre_cell_mask when present, else the fallback above."""
-    try:
-        from ..segment.classical import centre_cell_mask  # type: ignore
-        return centre_cell_mask, "segment.classical.centre_cell_mask"
-    except ImportError:
-        return fallback_centre_cell_mask, "train.classification_data.fallback_centre_cell_mask"
+    """The classical centre-cell mask and the name caches and manifests record for it."""
+    from ..segment.classical import centre_cell_mask
+
+    return centre_cell_mask, "segment.classical.centre_cell_mask"
 
 
 MASK_SOURCES = ("classical", "segmenter")
@@ -388,23 +327,6 @@ def build_cache(
                 np.savez(fh, images=images, labels=np.array(cache.labels), paths=np.array(paths),
                          size=np.array(size), mask=np.array(info["mask"]))
     return cache
-
-
-def resize_square(crop: np.ndarray, size: int) -> np.ndarray:
-    """Pad a crop to a square with the crop background grey, then resize to size x size."""
-    from ..crops import BACKGROUND
-    h, w = crop.shape[:2]
-    if h != w:
-        side = max(h, w)
-        out = np.empty((side, side, 3), dtype=np.uint8)
-        out[:] = BACKGROUND
-        y0, x0 = (side - h) // 2, (side - w) // 2
-        out[y0:y0 + h, x0:x0 + w] = crop
-        crop = out
-    if crop.shape[0] != size:
-        interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-        crop = cv2.resize(crop, (size, size), interpolation=interp)
-    return crop
 
 
 # --- BCCD / JTSC: crops cut with their given masks ----------------------------------------------

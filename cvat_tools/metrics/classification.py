@@ -1,10 +1,18 @@
-"""Classification scores: per-class precision/recall/F1, macro-F1, accuracy, confusion matrix."""
+"""Classification scores: per-class precision/recall/F1, macro-F1, accuracy, confusion matrix.
+
+Scorings: "fine" (the model's labels), "pbc-folders" (fine labels folded to PBC's 8 folders),
+"cross-domain" (the 4 classes every lab here has; band cell counts as neutrophil, any other
+prediction is "other" and simply wrong).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .. import labels as L
+from ..errors import InputError
 
 
 @dataclass
@@ -100,3 +108,41 @@ def plot_confusion(report: ClassificationReport, path: str | Path, title: str = 
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+# -- scorings: how labels from different label sets are compared ---------------------------------
+
+SCORINGS = ("fine", "pbc-folders", "cross-domain")
+OTHER = "other"
+
+
+def fold(label: str, scoring: str) -> str:
+    if scoring == "pbc-folders":
+        return L.FINE_TO_PBC_FOLDER.get(label, label)
+    if scoring == "cross-domain":
+        label = "neutrophil" if label == "band cell" else label
+        return label if label in L.CROSS_DOMAIN_CLASSES else OTHER
+    return label
+
+
+def default_scoring(kind: str) -> str:
+    return "cross-domain" if kind in ("bccd", "jtsc") else "fine"
+
+
+def score_predictions(truth: list[str], predicted: list[str], scoring: str,
+                      model_labels: list[str] | None = None) -> ClassificationReport:
+    """Report over the scoring's label set; for cross-domain, only truths among the 4 classes."""
+    if scoring not in SCORINGS:
+        raise InputError(f"unknown scoring {scoring!r}; use one of {SCORINGS}")
+    pairs = [(fold(t, scoring), fold(p, scoring)) for t, p in zip(truth, predicted)]
+    if scoring == "cross-domain":
+        pairs = [(t, p) for t, p in pairs if t != OTHER]
+        labels = list(L.CROSS_DOMAIN_CLASSES) + [OTHER]
+    elif scoring == "pbc-folders":
+        labels = list(L.PBC_FOLDERS)
+    else:
+        labels = sorted(set(model_labels or []) | {t for t, _ in pairs} | {p for _, p in pairs})
+    if not pairs:
+        raise InputError(f"nothing to score: no true labels among the {scoring} classes")
+    t, p = zip(*pairs)
+    return classification_report(list(t), list(p), labels)

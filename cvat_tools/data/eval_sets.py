@@ -1,14 +1,10 @@
-"""Held-out evaluation sets for the classifier and the refiner, and how labels are scored.
+"""Held-out evaluation sets for the classifier and the refiner (scored by metrics.classification).
 
     PBC   -> only the bundle's held-out split (default test), centre-cell crops cut with the
              bundle's own mask source (classical, or the segmenter's centre instance)
     BCCD  -> single-WBC images of a split (default test), crops cut with the given masks
     JTSC  -> every image, crop cut with the given mask
     crops -> DIR/<class>/*.png as given
-
-Scorings: "fine" (the model's labels), "pbc-folders" (fine labels folded to PBC's 8 folders),
-"cross-domain" (the 4 classes every lab here has; band cell counts as neutrophil, any other
-prediction is "other" and simply wrong).
 """
 from __future__ import annotations
 
@@ -18,14 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import labels as L
 from ..errors import InputError
 from ..imaging import load_image
-from . import classification_data as D
-from .classification_metrics import ClassificationReport, classification_report
-
-SCORINGS = ("fine", "pbc-folders", "cross-domain")
-OTHER = "other"
+from . import cells as D
 
 
 @dataclass
@@ -79,35 +70,3 @@ def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None =
     if not items:
         raise InputError(f"{data}: no labelled single-cell crops in split {split!r}")
     return EvalSet(kind, [c.crop for c in items], [c.label for c in items], [c.name for c in items])
-
-
-def fold(label: str, scoring: str) -> str:
-    if scoring == "pbc-folders":
-        return L.FINE_TO_PBC_FOLDER.get(label, label)
-    if scoring == "cross-domain":
-        label = "neutrophil" if label == "band cell" else label
-        return label if label in L.CROSS_DOMAIN_CLASSES else OTHER
-    return label
-
-
-def default_scoring(kind: str) -> str:
-    return "cross-domain" if kind in ("bccd", "jtsc") else "fine"
-
-
-def score_predictions(truth: list[str], predicted: list[str], scoring: str,
-                      model_labels: list[str] | None = None) -> ClassificationReport:
-    """Report over the scoring's label set; for cross-domain, only truths among the 4 classes."""
-    if scoring not in SCORINGS:
-        raise InputError(f"unknown scoring {scoring!r}; use one of {SCORINGS}")
-    pairs = [(fold(t, scoring), fold(p, scoring)) for t, p in zip(truth, predicted)]
-    if scoring == "cross-domain":
-        pairs = [(t, p) for t, p in pairs if t != OTHER]
-        labels = list(L.CROSS_DOMAIN_CLASSES) + [OTHER]
-    elif scoring == "pbc-folders":
-        labels = list(L.PBC_FOLDERS)
-    else:
-        labels = sorted(set(model_labels or []) | {t for t, _ in pairs} | {p for _, p in pairs})
-    if not pairs:
-        raise InputError(f"nothing to score: no true labels among the {scoring} classes")
-    t, p = zip(*pairs)
-    return classification_report(list(t), list(p), labels)

@@ -23,7 +23,7 @@ import numpy as np
 from ..classify.stain import cell_pixels
 from ..crops import BACKGROUND
 from ..errors import InputError
-from . import classification_data as D
+from . import cells as D
 
 PACK_VERSION = 1
 QUALITY = {"train": 80, "val": 90}

@@ -1,0 +1,1 @@
+"""Networks and how bundles become models: backbones, the Pipeline's seams, kind -> loader."""
