@@ -357,7 +357,7 @@ def calibrate() -> None:
 
 
 def load(mode: str):
-    from cvat_tools.segment.base import load_segmenter
+    from cvat_tools.models.registry import load_segmenter
 
     seg = load_segmenter(None)
     if hasattr(seg, "set_scale"):

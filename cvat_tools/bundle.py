@@ -27,12 +27,14 @@ from . import __version__
 from .atomic import atomic_dir
 from .errors import BundleError, InputError
 from .guarded import load_json
+from .markers import BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_WEIGHTS, sha256_file
 
-FORMAT = "cvat-tools-bundle"
+FORMAT = BUNDLE_FORMAT
 FORMAT_VERSION = 1
-WEIGHTS = "weights.pt"
-MANIFEST = "manifest.json"
+WEIGHTS = BUNDLE_WEIGHTS
+MANIFEST = BUNDLE_MANIFEST
 KINDS = ("segmenter", "classifier", "refiner")
+CROP_KINDS = ("classifier", "refiner")  # models of cell crops: their manifest says the crop size
 CLASSICAL = "classical"  # architecture name of the weight-less classical segmenter
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # the shipped classifier's (with its split) is ~0.8 MB
 MAX_LABELS = 1000
@@ -58,14 +60,6 @@ class Bundle:
     @property
     def architecture(self) -> dict[str, Any]:
         return dict(self.manifest.get("architecture", {}))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def labels_binding(kind: str, labels: list[str], weights_sha256: str) -> str:
@@ -102,7 +96,7 @@ def save_bundle(
         buffer = io.BytesIO()
         torch.save(tensors, buffer)
         (tmp / WEIGHTS).write_bytes(buffer.getvalue())
-        sha = _sha256(tmp / WEIGHTS)
+        sha = sha256_file(tmp / WEIGHTS)
         body = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -173,6 +167,9 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     if "input_size" in manifest and not _int_in(manifest["input_size"], INPUT_SIZE_RANGE):
         raise BundleError(f"{where}: input_size must be an integer in {list(INPUT_SIZE_RANGE)}, "
                           f"got {str(manifest['input_size'])[:40]}")
+    if kind in CROP_KINDS and "input_size" not in manifest:
+        raise BundleError(f"{where}: a {kind} bundle must record input_size (the crop size it was "
+                          "trained at); retrain it, or add the size it was trained with")
     if "long_side" in arch and not _int_in(arch["long_side"], LONG_SIDE_RANGE):
         raise BundleError(f"{where}: architecture.long_side must be an integer in "
                           f"{list(LONG_SIDE_RANGE)}, got {str(arch['long_side'])[:40]}")
@@ -235,7 +232,7 @@ def load_bundle(
     weights_path = path / weights.get("file", WEIGHTS)
     if not weights_path.is_file():
         raise BundleError(f"{weights_path}: weights file missing from the bundle")
-    actual = _sha256(weights_path)
+    actual = sha256_file(weights_path)
     if actual != weights.get("sha256"):
         raise BundleError(
             f"{weights_path}: checksum mismatch (manifest {weights.get('sha256', '?')[:12]}..., "

@@ -1,7 +1,7 @@
 """The one ``--out`` policy of every command that writes a folder.
 
 ``--out`` must be a new folder, an empty one, or a folder the same command wrote earlier
-(it carries :data:`cvat_tools.atomic.MARKER` naming the command); only then is it replaced,
+(it carries :data:`cvat_tools.markers.MARKER` naming the command); only then is it replaced,
 whole, once the new output is complete. Anything else is refused up front, before any work,
 so a typo in ``--out`` never costs the user a folder. Bundles written before the marker
 existed (the shipped weights) are recognised by their manifest and checksum instead.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import MARKER, clean_stale, read_marker
+from .markers import MARKER, clean_stale, earlier_bundle, read_marker
 from .errors import InputError
 
 
@@ -19,7 +19,7 @@ def check_out(out: str | Path, command: str, flag: str = "--out", inputs=()) -> 
 
     ``inputs`` (files or folders the command reads) must not lie inside ``out``: replacing it
     would delete them. Also removes what killed earlier runs into ``out`` left behind (see
-    atomic.clean_stale)."""
+    markers.clean_stale)."""
     out = Path(out)
     keep = "nothing was changed"
     resolved = out.resolve()
@@ -46,28 +46,10 @@ def check_out(out: str | Path, command: str, flag: str = "--out", inputs=()) -> 
             return
         raise InputError(f"{flag} {out}: holds the output of 'cvat-tools {marker['command']}', not of "
                          f"'cvat-tools {command}'; choose another folder ({keep})")
-    if command.startswith("train ") and _earlier_bundle(out, command.split()[1]):
+    if command.startswith("train ") and earlier_bundle(out, command.split()[1]):
         return
     raise InputError(f"{flag} {out}: exists and was not written by 'cvat-tools {command}' (no {MARKER} "
                      f"file in it); choose a new folder, or empty this one yourself ({keep})")
-
-
-def _earlier_bundle(folder: Path, kind: str) -> bool:
-    """A bundle of ``kind`` exactly as save_bundle wrote it before bundles had the marker:
-    manifest.json + weights.pt only, and the weights match the manifest's checksum."""
-    from .bundle import MANIFEST, WEIGHTS, _sha256
-    from .guarded import load_json
-
-    names = {p.name for p in folder.iterdir()}
-    if names != {MANIFEST, WEIGHTS} or any((folder / n).is_symlink() for n in names):
-        return False
-    try:
-        manifest = load_json(folder / MANIFEST, max_bytes=16 * 2**20)
-    except InputError:
-        return False
-    return (isinstance(manifest, dict) and manifest.get("format") == "cvat-tools-bundle"
-            and manifest.get("kind") == kind and isinstance(manifest.get("weights"), dict)
-            and manifest["weights"].get("sha256") == _sha256(folder / WEIGHTS))
 
 
 def check_out_file(out: str | Path, header: str, what: str, flag: str = "--out") -> None:

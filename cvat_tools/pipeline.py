@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .bundle import CLASSICAL, MANIFEST, is_classical, read_manifest, shipped_bu
 from .crops import cell_crop
 from .errors import BundleError, InputError
 from .formats.annotations import AttributeSpec, Instance, LabelSpec
+from .models.protocols import CellModel, Decision, Prediction, Rule
+from .scale import Scale
+from .segment.base import Detection, Segmenter
 
 REVIEW_THRESHOLD = 0.6  # a final class score below this asks a human to look
 NO_REFINER = "none"  # refiner attribute value when no refiner answered (none loaded, band/blast)
@@ -91,7 +94,7 @@ def _bundle_path(kind: str, explicit: str | Path | None, weights: str | Path | N
     if explicit is not None:
         path = Path(explicit)
         if not path.exists():
-            hint = f" (or 'classical' for the watershed segmenter)" if kind == "segmenter" else ""
+            hint = " (or 'classical' for the watershed segmenter)" if kind == "segmenter" else ""
             raise BundleError(f"{path}: no such {kind} bundle folder{hint}")
         return path
     if weights is not None:
@@ -122,10 +125,10 @@ class Pipeline:
 
     def __init__(
         self,
-        segmenter: Any,
-        classifier: Any | None = None,
-        refiner: Any | None = None,
-        rule: Callable[..., Any] | None = None,
+        segmenter: Segmenter,
+        classifier: CellModel | None = None,
+        refiner: CellModel | None = None,
+        rule: Rule | None = None,
         review_threshold: float = REVIEW_THRESHOLD,
         info: PipelineInfo | None = None,
     ) -> None:
@@ -168,7 +171,7 @@ class Pipeline:
         input px) or ``um_per_px`` fix the scale; else each image's is estimated
         (cvat_tools/scale.py; ``scale="fixed"``: the old long-side rule).
         """
-        from .segment.base import load_segmenter
+        from .models.registry import load_model
 
         clf_path = _bundle_path("classifier", classifier, weights)
         ref_path = _bundle_path("refiner", refiner, weights)
@@ -187,7 +190,7 @@ class Pipeline:
 
             seg_model = ClassicalSegmenter()
         else:
-            seg_model = load_segmenter(seg_path, device=device)
+            seg_model = load_model("segmenter", seg_path, device=device)
         set_scale = getattr(seg_model, "set_scale", None)
         if set_scale is not None:  # one scale option for every entry point
             set_scale(scale, cell_size, um_per_px)
@@ -197,15 +200,10 @@ class Pipeline:
             check_cell_size(cell_size, um_per_px)  # the classical segmenter sizes itself
         clf_model = ref_model = None
         if clf_path is not None:
-            from .classify.classifier import CellClassifier
-
-            clf_model = CellClassifier.from_bundle(clf_path, device=device)
+            clf_model = load_model("classifier", clf_path, device=device)
             if ref_path is not None:
-                from .classify.dann import Refiner
-
-                ref_model = Refiner.from_bundle(
-                    ref_path, classifier_labels=clf_model.labels, device=device
-                )
+                ref_model = load_model("refiner", ref_path, device=device,
+                                       classifier_labels=clf_model.labels)
         info = PipelineInfo(
             segmenter=str(seg_path) if seg_path else
             f"classical ({type(seg_model).__name__}{', asked for' if classical else ''})",
@@ -217,7 +215,7 @@ class Pipeline:
     # -- inference ------------------------------------------------------------------------
 
     @property
-    def last_scale(self) -> Any | None:
+    def last_scale(self) -> Scale | None:
         """The segmenter's :class:`~cvat_tools.scale.Scale` of the latest :meth:`run` (None
         for segmenters that size images themselves, such as the classical one)."""
         return getattr(self.segmenter, "last_scale", None)
@@ -245,7 +243,7 @@ class Pipeline:
                 for d in detections
             ]
         clf_preds = self._predict(self.classifier, image, detections)
-        ref_preds: Sequence[Any | None] = (
+        ref_preds: Sequence[Prediction | None] = (
             self._predict(self.refiner, image, detections)
             if self.refiner is not None else [None] * len(detections)
         )
@@ -254,9 +252,10 @@ class Pipeline:
             for d, c, r in zip(detections, clf_preds, ref_preds)
         ]
 
-    def _predict(self, model: Any, image: np.ndarray, detections: Sequence[Any]) -> list[Any]:
-        size = int(getattr(model, "input_size", 224))
-        preds: list[Any] = []
+    def _predict(self, model: CellModel, image: np.ndarray,
+                 detections: Sequence[Detection]) -> list[Prediction]:
+        size = int(model.input_size)  # the bundle's manifest says it; no default guesses one
+        preds: list[Prediction] = []
         for start in range(0, len(detections), CLASSIFY_BATCH):
             chunk = detections[start:start + CLASSIFY_BATCH]
             crops = [
@@ -266,7 +265,7 @@ class Pipeline:
             preds.extend(model.predict(crops))
         return preds
 
-    def _instance(self, detection: Any, decision: Any) -> Instance:
+    def _instance(self, detection: Detection, decision: Decision) -> Instance:
         refiner_label = decision.refiner_label or NO_REFINER
         # A disagreement counts only where the refiner has a say: for band and blast cells
         # (labels.CLASSIFIER_FINAL) it does not know the class, so it cannot agree.

@@ -89,7 +89,7 @@ def pbc_dir() -> Path:
 @pytest.fixture(scope="session")
 def shipped_segmenter():
     """The shipped Mask R-CNN segmenter (cvat_tools/weights/segmenter), loaded once."""
-    from cvat_tools.segment.base import load_segmenter
+    from cvat_tools.models.registry import load_segmenter
 
     return load_segmenter(need_shipped("segmenter"))
 

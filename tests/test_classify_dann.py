@@ -8,10 +8,10 @@ import torch
 
 from cvat_tools import labels as L
 from cvat_tools.bundle import save_bundle
-from cvat_tools.classify.classifier import Prediction
 from cvat_tools.classify.dann import DANN, Refiner, grad_reverse, grl_lambda
 from cvat_tools.classify.rule import combine
 from cvat_tools.errors import BundleError
+from cvat_tools.models.protocols import Prediction
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cli_run import run_cli
-from cvat_tools.atomic import MARKER, atomic_dir, atomic_path, clean_stale
+from cvat_tools.atomic import atomic_dir, atomic_path
+from cvat_tools.markers import MARKER, clean_stale
 from cvat_tools.errors import InputError
 from cvat_tools.outdir import check_out
 

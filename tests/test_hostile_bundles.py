@@ -63,6 +63,7 @@ def _set_arch(key, value):
     (_set("format_version", 99), "newer than this cvat-tools"),
     (_set("input_size", 100000), "input_size must be an integer in"),
     (_set("input_size", "160"), "input_size must be an integer in"),
+    (lambda m: m.pop("input_size"), "classifier bundle must record input_size"),
     (_set_arch("long_side", 100000), "long_side must be an integer in"),
     (_set("kind", "virus"), "kind must be one of"),
     (_set("architecture", [1, 2]), "architecture must be an object"),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cvat_tools import labels as L
-from cvat_tools.classify.classifier import Prediction
 from cvat_tools.classify.rule import combine
+from cvat_tools.models.protocols import Prediction
 from cvat_tools.pipeline import REVIEW_THRESHOLD, Pipeline
 from pipeline_fakes import FakeModel, GridSegmenter
 

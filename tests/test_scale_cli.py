@@ -92,7 +92,7 @@ def test_classify_one_code_path_for_single_cells(tmp_path, pbc_dir, jtsc_dir):
 @needs_segmenter
 def test_single_cell_images_give_one_centre_cell(jtsc_dir, pbc_dir):
     from cvat_tools.imaging import load_image
-    from cvat_tools.segment.base import load_segmenter
+    from cvat_tools.models.registry import load_segmenter
     from cvat_tools.segment.single_cell import centre_cell
 
     seg = load_segmenter(SEGMENTER)

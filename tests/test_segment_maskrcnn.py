@@ -14,8 +14,8 @@ from cvat_tools.data.fields import read_index
 from cvat_tools.errors import BundleError
 from cvat_tools.imaging import load_image
 from cvat_tools.metrics.segmentation import dice
-from cvat_tools.segment.base import Detection, load_segmenter
-from cvat_tools.segment.base import paste_mask
+from cvat_tools.models.registry import load_segmenter
+from cvat_tools.segment.base import Detection, paste_mask
 from cvat_tools.segment.maskrcnn import LABELS, MaskRCNNSegmenter, build_model
 
 TINY = {"long_side": 128, "fpn_channels": 32, "box_head": 64, "mask_head": [32]}

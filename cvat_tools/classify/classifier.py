@@ -6,7 +6,6 @@ was trained with; :class:`CellClassifier` applies exactly those before the netwo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,8 @@ from ..bundle import load_bundle, shipped_bundle
 from ..crops import resize_square
 from ..errors import BundleError, InputError
 from ..models.backbones import MEAN, STD, create_backbone, fold_batchnorm
+from ..models.protocols import Prediction
 from .stain import StainNormalizer
-
-
-@dataclass
-class Prediction:
-    label: str
-    score: float
-    probs: dict[str, float]  # over the model's labels
-
-    def top(self, k: int = 3) -> list[tuple[str, float]]:
-        return sorted(self.probs.items(), key=lambda kv: kv[1], reverse=True)[:k]
 
 
 def build_classifier(backbone: str, num_classes: int, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
@@ -138,7 +128,7 @@ class _BundleModel:
         """Wrap ``model`` (the bundle's network, possibly changed) with the bundle's labels,
         input size, stain normalization and decision prior."""
         stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
-        return cls(model, bundle.labels, bundle.manifest.get("input_size", 128), stain, device, bundle.manifest)
+        return cls(model, bundle.labels, bundle.manifest["input_size"], stain, device, bundle.manifest)
 
 
 def _resolve(path, kind: str) -> Path:

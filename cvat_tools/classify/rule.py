@@ -11,22 +11,8 @@ Both answers are kept in the :class:`Decision` so an annotator can see the disag
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .. import labels as L
-from .classifier import Prediction
-
-
-
-@dataclass
-class Decision:
-    label: str
-    score: float
-    classifier_label: str
-    classifier_score: float
-    refiner_label: str | None
-    refiner_score: float | None
-    agree: bool
+from ..models.protocols import Decision, Prediction
 
 
 def combine(

@@ -53,7 +53,7 @@ def classify(images, out, bundle, segmenter, as_crop, mask_centre, batch_size, c
         raise InputError("no images to classify (folders given hold no .png/.jpg files)")
     seg = None
     if not as_crop:
-        from ..segment.base import load_segmenter
+        from ..models.registry import load_segmenter
 
         seg = load_segmenter(segmenter)
         if hasattr(seg, "set_scale"):

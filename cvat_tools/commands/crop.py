@@ -35,7 +35,7 @@ def crop(in_dir: str, out_dir: str, size: int | None, keep_background: bool,
     from ..errors import ImageError
     from ..imaging import list_images, load_image
     from ..outdir import check_out
-    from ..segment.base import load_segmenter
+    from ..models.registry import load_segmenter
     from ..segment.single_cell import centre_cell
 
     src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()

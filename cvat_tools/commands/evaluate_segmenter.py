@@ -85,7 +85,7 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
     import torch
 
     from ..atomic import atomic_dir, atomic_path
-    from ..segment.base import load_segmenter
+    from ..models.registry import load_segmenter
     from ..segment.classical import ClassicalSegmenter
     from ..data.fields import detect_format, read_samples
 

@@ -7,7 +7,6 @@ Cropped masks keep memory small on 4032x3024 photographs with many cells.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -113,19 +112,3 @@ def paste_mask(prob: np.ndarray, box: np.ndarray, scale: float | tuple[float, fl
         return None
     ty0, ty1, tx0, tx1 = ys_.min(), ys_.max() + 1, xs_.min(), xs_.max() + 1
     return Mask(np.ascontiguousarray(bitmap[ty0:ty1, tx0:tx1]), fx0 + int(tx0), fy0 + int(ty0))
-
-
-def load_segmenter(bundle: str | Path | None = None, device: str = "cpu") -> Segmenter:
-    """The segmenter of ``bundle``; with None, the shipped Mask R-CNN if present, else the
-    classical watershed segmenter."""
-    from ..bundle import shipped_bundle
-
-    if bundle is None:
-        bundle = shipped_bundle("segmenter")
-        if bundle is None:
-            from .classical import ClassicalSegmenter
-
-            return ClassicalSegmenter()
-    from .maskrcnn import MaskRCNNSegmenter
-
-    return MaskRCNNSegmenter.from_bundle(bundle, device=device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from ..atomic import MARKER, read_marker, write_marker
+from ..markers import MARKER, read_marker, write_marker
 from ..errors import InputError
 from ..outdir import check_out
 
