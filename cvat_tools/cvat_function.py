@@ -27,7 +27,7 @@ from cvat_sdk.masks import encode_mask
 from . import labels as label_set
 from .errors import CvatToolsError
 from .formats.annotations import Instance
-from .formats.masks import mask_to_full
+from .formats.masks import mask_to_full, polygon_points
 from .frames import frame_from_pil, is_blank, to_frame
 from .pipeline import Pipeline, attribute_specs
 
@@ -129,8 +129,6 @@ class WbcDetectionFunction:
 
     @staticmethod
     def _shape(inst: Instance, width: int, height: int, as_polygon: bool) -> models.LabeledShapeRequest:
-        from .serverless import polygon_points
-
         label_id = LABEL_IDS[inst.label]
         attributes = [
             models.AttributeValRequest(spec_id=ATTRIBUTE_IDS[name], value=value)

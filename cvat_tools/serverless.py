@@ -39,17 +39,16 @@ import base64
 import binascii
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import labels as label_set
 from .errors import BundleError, CvatToolsError, InputError
 from .formats.annotations import Instance, Mask
-from .formats.masks import mask_tight, mask_to_polygon, serverless_mask
+from .formats.masks import mask_tight, polygon_points, serverless_mask
+from .function_spec import spec_labels
 from .guarded import load_json
-from .pipeline import Pipeline, attribute_specs
+from .pipeline import Pipeline
 
 # Environment of the function container (function.yaml ``env``; tests set them too).
 ENV_WEIGHTS = "CVAT_TOOLS_WEIGHTS"  # folder with segmenter/ classifier/ refiner/ bundles
@@ -61,7 +60,6 @@ ENV_STRICT = "CVAT_TOOLS_STRICT"  # 1: inference failures answer 500 instead of 
 ENV_CELL_SIZE = "CVAT_TOOLS_CELL_SIZE"  # typical WBC diameter, px; empty: estimated per frame
 ENV_UM_PER_PX = "CVAT_TOOLS_UM_PER_PX"  # microns per pixel; empty: estimated per frame
 DEFAULT_THRESHOLD = 0.5
-POLYGON_TOLERANCE = 1.0  # px; CVAT's own mask functions use 2.5, a cell outline wants detail
 # Response bounds: a field holds tens of white cells; these only stop pathological frames
 # (a 62 KB black 64 MP PNG once gave a 57 MB answer). Each mask pixel costs ~3 bytes of JSON.
 MAX_INSTANCES = 300
@@ -71,73 +69,7 @@ MAX_REQUEST_BYTES = 140 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
-# The function's metadata: generated from labels.py, checked against function.yaml by the tests
-
-
-def function_spec() -> list[dict[str, Any]]:
-    """The ``metadata.annotations.spec`` list: every label, type mask, with our attributes."""
-    attributes = [
-        {"name": a.name, "input_type": a.input_type, "values": list(a.values)}
-        for a in attribute_specs()
-    ]
-    return [
-        {"id": i, "name": name, "type": "mask", "attributes": attributes}
-        for i, name in enumerate(label_set.ALL_CLASSES)
-    ]
-
-
-def spec_block(indent: int = 6) -> str:
-    """:func:`function_spec` as the YAML literal block body, one label per line."""
-    pad = " " * indent
-    lines = [pad + "["]
-    items = [json.dumps(item, separators=(", ", ": ")) for item in function_spec()]
-    for i, item in enumerate(items):
-        lines.append(pad + "  " + item + ("," if i < len(items) - 1 else ""))
-    lines.append(pad + "]")
-    return "\n".join(lines) + "\n"
-
-
-SPEC_BEGIN = "    spec: |\n"
-
-
-def write_spec(function_yaml: str | Path) -> bool:
-    """Rewrite the ``spec: |`` block of a function.yaml from labels.py; True if it changed."""
-    path = Path(function_yaml)
-    text = path.read_text()
-    start = text.index(SPEC_BEGIN) + len(SPEC_BEGIN)
-    end = start
-    lines = text[start:].splitlines(keepends=True)
-    for line in lines:  # the block ends at the first line indented less than 6 spaces
-        if line.strip() and not line.startswith(" " * 6):
-            break
-        end += len(line)
-    new = text[:start] + spec_block() + "\n" + text[end:].lstrip("\n")
-    if new != text:
-        path.write_text(new)
-        return True
-    return False
-
-
-# ---------------------------------------------------------------------------------------------
 # Instances -> CVAT detector response
-
-
-def polygon_points(mask: Mask, width: int | None = None, height: int | None = None) -> list[float]:
-    """Flat polygon of a mask (>= 3 vertices); its box corners if the outline is degenerate.
-
-    With the image size, vertices are clamped to [0, width] x [0, height]: outlines traced
-    on pixel edges overshoot the last pixel by ~0.12 px, and CVAT does not clamp on save.
-    """
-    polygon = mask_to_polygon(mask.bitmap, mask.left, mask.top, tolerance=POLYGON_TOLERANCE,
-                              min_area=1)
-    if polygon is None or len(polygon) < 3:
-        x0, y0 = float(mask.left), float(mask.top)
-        x1, y1 = x0 + mask.width, y0 + mask.height
-        polygon = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-    if width is not None and height is not None:
-        polygon = [(min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height)))
-                   for x, y in polygon]
-    return [round(v, 2) for point in polygon for v in point]
 
 
 def clip_mask(mask: Mask, width: int, height: int) -> Mask | None:
@@ -264,10 +196,6 @@ def load_pipeline_from_env(warn: Any = None) -> Pipeline:
     return pipeline
 
 
-def spec_labels() -> set[str]:
-    return {item["name"] for item in function_spec()}
-
-
 def check_labels(pipeline: Pipeline) -> None:
     """Refuse models that could answer a label the function's spec does not declare."""
     spec = spec_labels()
@@ -385,11 +313,3 @@ def handler(context: Any, event: Any) -> Any:
         items = []
     context.logger.info(f"{len(items)} cells at threshold {threshold}")
     return _response(context, items, 200)
-
-
-if __name__ == "__main__":  # python -m cvat_tools.serverless FUNCTION_YAML...: refresh spec
-    import sys
-
-    for arg in sys.argv[1:] or []:
-        changed = write_spec(arg)
-        print(f"{arg}: {'updated' if changed else 'up to date'}")

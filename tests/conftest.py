@@ -111,3 +111,36 @@ def shipped_refiner_path() -> Path:
 def shipped_paths() -> dict[str, Path]:
     """All three shipped bundles (segmenter, classifier, refiner): their folders."""
     return {kind: need_shipped(kind) for kind in ("segmenter", "classifier", "refiner")}
+
+
+# -- the Nuclio function over a small weights folder ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    """A weights folder: random classifier (labels.ALL_CLASSES), classical segmenter."""
+    from pipeline_fakes import shared_weights
+
+    return shared_weights()
+
+
+@pytest.fixture(scope="module")
+def nuclio(weights_dir):
+    """(platform, handler) of main.py, its init_context run with CVAT_TOOLS_WEIGHTS set."""
+    import nuclio_sdk.test
+
+    from cvat_tools import serverless
+    from nuclio_calls import event, load_main
+
+    module = load_main("cvat_tools_wbc_main")
+    old = os.environ.get(serverless.ENV_WEIGHTS)
+    os.environ[serverless.ENV_WEIGHTS] = str(weights_dir)
+    os.environ[serverless.ENV_DEVICE] = "cpu"
+    platform = nuclio_sdk.test.Platform()
+    platform.call_handler(module.handler, event({"image": ""}))  # runs init_context once
+    yield platform, module.handler
+    os.environ.pop(serverless.ENV_DEVICE, None)
+    if old is None:
+        os.environ.pop(serverless.ENV_WEIGHTS, None)
+    else:
+        os.environ[serverless.ENV_WEIGHTS] = old

@@ -267,3 +267,21 @@ if __name__ == "__main__":
         env = dict(os.environ, PYTHONPATH=f"{here.parent}{os.pathsep}{here}")
         for case in [*sorted(REFUSED), "polygon_500k"]:
             subprocess.run([sys.executable, __file__, case], env=env, check=False)
+
+
+# -- XML with entities: what defusedxml must refuse -----------------------------------------------
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<annotations><image id="0" name="&lol4;" width="1" height="1"/></annotations>
+"""
+
+EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE annotations [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<annotations><image id="0" name="&xxe;" width="1" height="1"/></annotations>
+"""

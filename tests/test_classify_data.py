@@ -1,35 +1,13 @@
 """Classifier data: dedupe before split, stratified split, bad input refused before training."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import cv2
 import numpy as np
 import pytest
 
 from cvat_tools.data import cells as D
 from cvat_tools.errors import InputError
 from cvat_tools.train.classification import ClassifierConfig, prepare_data
-
-
-def _write(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    img = np.full((40, 40, 3), 128, np.uint8)
-    img[8:32, 8:32] = rng.integers(0, 255, (24, 24, 3))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), img)
-    return path
-
-
-def make_crops(root: Path, per_class: int = 8, classes=("lymphocyte", "Monocytes", "EO"), dup_every: int = 0):
-    seed = 0
-    for name in classes:
-        for i in range(per_class):
-            seed += 1
-            p = _write(root / name / f"{i:03d}.png", seed)
-            if dup_every and i % dup_every == 0:  # a byte-identical copy under another name
-                (root / name / f"{i:03d}_copy.png").write_bytes(p.read_bytes())
-    return root
+from crop_folders import make_crops, write_noise_crop
 
 
 def test_dedupe_before_split_keeps_copies_out_of_other_splits(tmp_path):
@@ -59,14 +37,14 @@ def test_empty_class_folder_refused(tmp_path):
 
 def test_unknown_class_folder_refused(tmp_path):
     root = make_crops(tmp_path / "crops")
-    _write(root / "dragons" / "a.png", 99)
+    write_noise_crop(root / "dragons" / "a.png", 99)
     with pytest.raises(InputError, match="dragons"):
         D.folder_samples(root)
 
 
 def test_class_with_one_image_refused_before_training(tmp_path):
     root = make_crops(tmp_path / "crops")
-    _write(root / "basophil" / "only.png", 77)
+    write_noise_crop(root / "basophil" / "only.png", 77)
     with pytest.raises(InputError, match=r"basophil \(1\)"):
         prepare_data(ClassifierConfig(out=tmp_path / "b", data=root, progress=False))
 

@@ -17,7 +17,7 @@ from cvat_tools.segment.base import Detection
 from cvat_tools.segment.single_cell import centre_detection
 from cvat_tools.train.classification import ClassifierConfig, prepare_data
 
-from test_classify_pack import SIZE, _crops
+from crop_folders import SIZE, make_crops, smooth_cell_folder
 
 
 def _square(left: int, top: int, side: int = 10) -> Detection:
@@ -85,7 +85,7 @@ def test_pbc_evaluation_cuts_crops_with_the_bundles_mask(pbc_dir, pbc_three, sou
 
 
 def test_mask_option_only_for_pbc_and_must_match_a_pack(tmp_path):
-    root = _crops(tmp_path / "crops")
+    root = smooth_cell_folder(tmp_path / "crops")
     with pytest.raises(InputError, match="--mask"):
         prepare_data(ClassifierConfig(out=tmp_path / "b", data=root, size=SIZE, mask="segmenter", progress=False))
     from cvat_tools.data.pack import write_pack
@@ -112,7 +112,7 @@ def test_cli_mask_options_refused_with_a_message(bccd_dir, tmp_path):
 
     code, out, err = run_cli("evaluate", "classifier", "--data", bccd_dir, "--mask", "segmenter")
     assert code != 0 and "--mask picks how PBC images are cut" in err and "Traceback" not in err
-    root = _crops(tmp_path / "crops")
+    root = smooth_cell_folder(tmp_path / "crops")
     code, _, err = run_cli("train", "classifier", "--data", root, "--size", SIZE, "--mask", "segmenter",
                            "--out", tmp_path / "b")
     assert code != 0 and "--mask" in err and not (tmp_path / "b").exists()
@@ -121,8 +121,6 @@ def test_cli_mask_options_refused_with_a_message(bccd_dir, tmp_path):
 
 def test_refiner_cuts_pbc_sources_with_its_classifiers_mask(tmp_path):
     from cvat_tools.train.refiner import RefinerConfig, prepare_domains, source_mask
-
-    from test_classify_data import make_crops
 
     def trained_on(name):
         return {"training": {"data": {"crop_mask": name}}}
@@ -145,8 +143,6 @@ def test_refiner_cuts_pbc_sources_with_its_classifiers_mask(tmp_path):
 def test_refiner_source_crops_are_cut_with_the_classifiers_segmenter_mask(pbc_dir, tmp_path):
     from cvat_tools import labels as L
     from cvat_tools.train.refiner import RefinerConfig, prepare_domains
-
-    from test_classify_data import make_crops
 
     samples = D.pbc_samples(pbc_dir)
     first = {lab: next(s for s in samples if s.label == lab) for lab in L.SHARED_CLASSES}

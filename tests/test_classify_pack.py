@@ -1,47 +1,22 @@
 """Classifier packs (train where the raw data is not) and the batch maker behind GPU training."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from cvat_tools.bundle import load_bundle
 from cvat_tools.classify.stain import cell_pixels
-from cvat_tools.crops import BACKGROUND
 from cvat_tools.data.pack import read_pack, write_pack
 from cvat_tools.errors import InputError
 from cvat_tools.train.classification import BatchMaker, ClassifierConfig, prepare_data, train_classifier
 
 from cli_run import run_cli
-
-SIZE = 48
-
-
-def _cell(rng: np.random.Generator) -> np.ndarray:
-    """A smooth stained cell on the exact crop grey: what real masked crops look like."""
-    img = np.empty((SIZE, SIZE, 3), np.uint8)
-    img[:] = BACKGROUND
-    c = SIZE // 2 + int(rng.integers(-3, 4))
-    cv2.circle(img, (c, c), int(rng.integers(14, 20)), tuple(int(v) for v in rng.integers(150, 230, 3)), -1)
-    cv2.circle(img, (c + 2, c - 1), int(rng.integers(5, 9)), tuple(int(v) for v in rng.integers(60, 140, 3)), -1)
-    return img
-
-
-def _crops(root: Path, classes=("lymphocyte", "monocyte", "eosinophil"), per_class: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            cv2.imwrite(str(root / name / f"{i:03d}.png"), _cell(rng)[..., ::-1])
-    return root
-
+from crop_folders import SIZE, smooth_cell, smooth_cell_folder
 
 @pytest.fixture()
 def packed(tmp_path):
-    root = _crops(tmp_path / "crops")
+    root = smooth_cell_folder(tmp_path / "crops")
     cfg = ClassifierConfig(out=tmp_path / "unused", data=root, size=SIZE, progress=False)
     data = prepare_data(cfg)
     path = write_pack(tmp_path / "pack.npz", data, SIZE, cfg.seed, cfg.fractions)
@@ -90,7 +65,7 @@ def test_pack_refuses_other_size_seed_or_mixed_sources(packed, tmp_path):
 
 def test_batches_do_not_depend_on_the_number_of_workers():
     rng = np.random.default_rng(1)
-    images = np.stack([_cell(rng) for _ in range(12)])
+    images = np.stack([smooth_cell(rng) for _ in range(12)])
     picks = rng.integers(0, 12, 20)
     runs = []
     for workers in (0, 2):
@@ -105,7 +80,7 @@ def test_batches_do_not_depend_on_the_number_of_workers():
 
 
 def test_cli_pack_then_refusals(tmp_path):
-    root = _crops(tmp_path / "crops")
+    root = smooth_cell_folder(tmp_path / "crops")
     code, out, _ = run_cli("train", "classifier", "--data", root, "--size", SIZE, "--pack-to", tmp_path / "p.npz")
     assert code == 0 and "wrote" in out and (tmp_path / "p.npz").is_file()
     code, _, err = run_cli("train", "classifier", "--data", root, "--size", SIZE, "--stain", "reinhard",

@@ -14,7 +14,7 @@ from cvat_tools.errors import InputError
 from cvat_tools.train.classification import ClassifierConfig, train_classifier
 from cvat_tools.train.refiner import RefinerConfig, train_refiner
 
-from test_classify_data import make_crops
+from crop_folders import make_crops
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvat_tools import imaging, serverless
+from cvat_tools import function_spec, imaging
 from cvat_tools.formats.masks import serverless_mask_decode
 from cvat_tools.pipeline import attribute_specs
-from test_serverless import _b64, _call, nuclio, weights_dir  # noqa: F401
+from nuclio_calls import b64, call, fake_instance, handler_pipeline
 
 CVAT_VERSION = "2.42"  # cvat/apps/lambda_manager/views.py: invoke, DetectionResultConverter
 
@@ -42,7 +42,7 @@ def db_labels(label_type="mask"):
     attrs = [{"name": a.name, "input_type": a.input_type, "values": "\n".join(a.values)}
              for a in attribute_specs()]
     return {item["name"]: {"type": label_type, "attributes": attrs}
-            for item in serverless.function_spec()}
+            for item in function_spec.function_spec()}
 
 
 def labels_compatible(model_type, db_type):
@@ -183,10 +183,10 @@ def task_frames(bccd_dir):
 
 def _annotate_task(nuclio, frames, conv_mask_to_poly, label_type="mask", isnumeric_rule=False):
     """LambdaJob._call_detector over the task: every frame, stop on the first non-2xx."""
-    spec = serverless.function_spec()
+    spec = function_spec.function_spec()
     saved = {}
     for index, (name, data, (width, height)) in enumerate(frames):
-        status, response = _call(nuclio, {"image": _b64(data), "threshold": 0.5})
+        status, response = call(nuclio, {"image": b64(data), "threshold": 0.5})
         if not 200 <= status < 300:
             raise TaskAborted(f"frame {index} ({name}): HTTP {status} {response}")
         items = invoke(response, db_labels(label_type), spec, isnumeric_rule)
@@ -248,13 +248,11 @@ def test_replayed_rules_refuse_what_cvat_refuses():
 def test_cell_touching_every_border_replays(nuclio, monkeypatch):
     """A cell mask touching all four borders (and the ~0.12 px overshoot of outlines traced on
     pixel edges) survives CVAT's conversion with every vertex inside the frame."""
-    from test_hostile_serving import _instance, _pipeline
-
     w, h = 64, 48
     yy, xx = np.mgrid[0:h, 0:w]
     blob = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2 <= 1.15
-    platform_pipeline = _pipeline(nuclio)
-    monkeypatch.setattr(platform_pipeline, "run", lambda image, threshold=0.5: [_instance(blob)])
+    platform_pipeline = handler_pipeline(nuclio)
+    monkeypatch.setattr(platform_pipeline, "run", lambda image, threshold=0.5: [fake_instance(blob)])
     frame = _png(Image.effect_noise((w, h), 40).convert("RGB"))
     for conv in (False, True):
         saved = _annotate_task(nuclio, [("edge", frame, (w, h))], conv)

@@ -15,6 +15,7 @@ from cvat_tools.formats.annotations import Dataset, ImageAnnotation, Instance, P
 from cvat_tools.formats.cvat_xml import to_cvat_xml
 from cvat_tools.formats.masks import mask_to_polygon
 from cli_run import run_cli
+from hostile import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 BCCD_CASES = [("BloodImage_00000", "NEUTROPHILS"), ("BloodImage_00004", "Neutrophils"),
               ("BloodImage_00013", "Lymphocyte")]
@@ -139,8 +140,6 @@ def _expect_failure(args, must_name: str | Path, out: Path, *more: str) -> str:
 
 
 def test_billion_laughs(tmp_path, images):
-    from test_formats_cvat_xml import BILLION_LAUGHS
-
     xml = tmp_path / "lol.xml"
     xml.write_bytes(BILLION_LAUGHS)
     out = tmp_path / "out"
@@ -148,8 +147,6 @@ def test_billion_laughs(tmp_path, images):
 
 
 def test_external_entity(tmp_path, images):
-    from test_formats_cvat_xml import EXTERNAL_ENTITY
-
     xml = tmp_path / "xxe.xml"
     xml.write_bytes(EXTERNAL_ENTITY)
     out = tmp_path / "out"

@@ -9,6 +9,7 @@ from cvat_tools.formats.annotations import Box, Dataset, ImageAnnotation, Instan
 from cvat_tools.formats.coco import from_coco, to_coco
 from cvat_tools.formats.cvat_xml import parse_cvat_xml, read_cvat_xml, to_cvat_xml, write_cvat_xml
 from cvat_tools.labels import canonical
+from hostile import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 # The ten RV-PBS files hold 63 <polygon> elements on 58 images (data/README.md says 59
 # polygons; `grep -c "<polygon" *.xml` sums to 63, and every one is a valid polygon).
@@ -135,22 +136,6 @@ def test_stripped_form_without_meta():
     ds = parse_cvat_xml(xml, "stripped.xml")
     assert ds.labels == [] and ds.label_names() == ["Neutrophil"]
     assert ds.images[0].id == 5 and ds.images[0].instances[0].source == "manual"
-
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE lolz [
- <!ENTITY lol "lol">
- <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
- <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
- <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
-]>
-<annotations><image id="0" name="&lol4;" width="1" height="1"/></annotations>
-"""
-
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE annotations [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
-<annotations><image id="0" name="&xxe;" width="1" height="1"/></annotations>
-"""
 
 
 @pytest.mark.parametrize("data", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion-laughs", "xxe"])

@@ -12,9 +12,10 @@ from PIL import Image
 
 from cvat_tools import imaging, serverless
 from cvat_tools.errors import BundleError
+from cvat_tools.formats import masks
 from cvat_tools.formats.annotations import Mask
 from pipeline_fakes import FakeModel
-from test_serverless import _b64, _bomb_png, _call, _check_item, _event, nuclio, weights_dir  # noqa: F401
+from nuclio_calls import b64, bomb_png, call, check_item, event, fake_instance, handler_pipeline
 
 
 def _png(image: Image.Image) -> bytes:
@@ -23,39 +24,24 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _pipeline(nuclio):
-    platform, handler = nuclio
-    return platform._get_handler_context(handler).user_data.pipeline
-
-
-def _instance(bitmap, left=0, top=0, label="lymphocyte", score=0.9):
-    from cvat_tools.pipeline import Pipeline
-
-    fake = Pipeline(None, FakeModel([(label, 0.9)]))
-    decision = type("D", (), {"label": label, "classifier_label": label, "classifier_score": 0.9,
-                              "refiner_label": None, "refiner_score": None, "score": 0.9})()
-    det = type("Det", (), {"mask": Mask(np.asarray(bitmap, bool), left, top), "score": score})()
-    return fake._instance(det, decision)
-
-
 def test_deep_nested_json_is_400_in_one_line(nuclio):
     body = b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    status, answer = _call(nuclio, body)
+    status, answer = call(nuclio, body)
     assert status == 400
     assert "nested too deeply" in answer["error"] and "\n" not in answer["error"]
 
 
 def test_header_claiming_gigapixels_is_400(nuclio):
-    status, answer = _call(nuclio, {"image": _b64(_bomb_png())})
+    status, answer = call(nuclio, {"image": b64(bomb_png())})
     assert status == 400 and "decompression bomb" in answer["error"]
 
 
 def test_frame_over_the_pixel_limit_is_downscaled_and_answered(nuclio, bccd_dir, monkeypatch, caplog):
     monkeypatch.setattr(imaging, "MAX_PIXELS", 100_000)  # the 640x480 field is 3x over
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
-    status, items = _call(nuclio, {"image": _b64(data)})
+    status, items = call(nuclio, {"image": b64(data)})
     assert status == 200 and len(items) >= 1
-    fulls = [_check_item(item, 640, 480) for item in items]  # on the frame's own grid
+    fulls = [check_item(item, 640, 480) for item in items]  # on the frame's own grid
     gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00002.png")) > 0
     best = max(np.logical_and(f, gt).sum() / np.logical_or(f, gt).sum() for f in fulls)
     assert best > 0.4
@@ -66,30 +52,30 @@ def test_black_64_mp_png_answers_an_empty_list_quickly(nuclio):
     data = _png(Image.new("L", (8000, 8000)))  # ~60 KB on the wire
     assert len(data) < 200_000
     start = time.monotonic()
-    status, items = _call(nuclio, {"image": _b64(data)})
+    status, items = call(nuclio, {"image": b64(data)})
     assert status == 200 and items == []
     assert time.monotonic() - start < 20
 
 
 def test_response_is_capped(nuclio, monkeypatch, caplog):
-    cells = [_instance(np.ones((8, 8)), left=10 * (i % 30), top=10 * (i // 30), score=0.99 - i / 1000)
+    cells = [fake_instance(np.ones((8, 8)), left=10 * (i % 30), top=10 * (i // 30), score=0.99 - i / 1000)
              for i in range(60)]
-    monkeypatch.setattr(_pipeline(nuclio), "run", lambda image, threshold=0.5: list(cells))
+    monkeypatch.setattr(handler_pipeline(nuclio), "run", lambda image, threshold=0.5: list(cells))
     monkeypatch.setattr(serverless, "MAX_INSTANCES", 25)
-    status, items = _call(nuclio, {"image": _b64(_png(Image.effect_noise((320, 240), 40).convert("RGB")))})
+    status, items = call(nuclio, {"image": b64(_png(Image.effect_noise((320, 240), 40).convert("RGB")))})
     assert status == 200 and len(items) == 25
     assert [float(i["confidence"]) for i in items] == sorted((float(i["confidence"]) for i in items), reverse=True)
     assert "response capped: 35 of 60" in caplog.text
     monkeypatch.setattr(serverless, "MAX_INSTANCES", 1000)
     monkeypatch.setattr(serverless, "MAX_MASK_PIXELS", 64 * 10)
-    status, items = _call(nuclio, {"image": _b64(_png(Image.effect_noise((320, 240), 40).convert("RGB")))})
+    status, items = call(nuclio, {"image": b64(_png(Image.effect_noise((320, 240), 40).convert("RGB")))})
     assert status == 200 and len(items) == 10
 
 
 def test_labels_outside_the_spec_are_dropped(nuclio, monkeypatch, caplog):
-    cells = [_instance(np.ones((8, 8)), label="alien"), _instance(np.ones((8, 8)), 20, 20)]
-    monkeypatch.setattr(_pipeline(nuclio), "run", lambda image, threshold=0.5: list(cells))
-    status, items = _call(nuclio, {"image": _b64(_png(Image.effect_noise((64, 48), 40).convert("RGB")))})
+    cells = [fake_instance(np.ones((8, 8)), label="alien"), fake_instance(np.ones((8, 8)), 20, 20)]
+    monkeypatch.setattr(handler_pipeline(nuclio), "run", lambda image, threshold=0.5: list(cells))
+    status, items = call(nuclio, {"image": b64(_png(Image.effect_noise((64, 48), 40).convert("RGB")))})
     assert status == 200 and [i["label"] for i in items] == ["lymphocyte"]
     assert "outside the spec" in caplog.text and "alien" in caplog.text
 
@@ -100,12 +86,12 @@ def test_cell_touching_every_border_stays_inside_the_frame(nuclio, monkeypatch):
     blob = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2 <= 1.15  # touches all 4
     assert blob[0].any() and blob[-1].any() and blob[:, 0].any() and blob[:, -1].any()
     overhang = np.ones((20, 20), bool)  # a mask partly outside the frame (left/top -5)
-    cells = [_instance(blob), _instance(overhang, left=-5, top=-5), _instance(overhang, w - 10, h - 10)]
-    monkeypatch.setattr(_pipeline(nuclio), "run", lambda image, threshold=0.5: list(cells))
-    status, items = _call(nuclio, {"image": _b64(_png(Image.effect_noise((w, h), 40).convert("RGB")))})
+    cells = [fake_instance(blob), fake_instance(overhang, left=-5, top=-5), fake_instance(overhang, w - 10, h - 10)]
+    monkeypatch.setattr(handler_pipeline(nuclio), "run", lambda image, threshold=0.5: list(cells))
+    status, items = call(nuclio, {"image": b64(_png(Image.effect_noise((w, h), 40).convert("RGB")))})
     assert status == 200 and len(items) == 3
     for item in items:
-        _check_item(item, w, h)  # every vertex in [0, w] x [0, h], mask box inside
+        check_item(item, w, h)  # every vertex in [0, w] x [0, h], mask box inside
     pts = np.asarray(items[0]["points"]).reshape(-1, 2)
     assert pts[:, 0].max() == w and pts[:, 1].max() == h and pts.min() == 0  # clamped, not lost
     *_, xtl, ytl, xbr, ybr = items[0]["mask"]
@@ -114,8 +100,8 @@ def test_cell_touching_every_border_stays_inside_the_frame(nuclio, monkeypatch):
 
 def test_polygon_overshoot_is_clamped():
     mask = Mask(np.ones((10, 12), bool), 52, 38)  # its last pixel is (63, 47) of a 64x48 frame
-    raw = np.asarray(serverless.polygon_points(mask)).reshape(-1, 2)
-    clamped = np.asarray(serverless.polygon_points(mask, 64, 48)).reshape(-1, 2)
+    raw = np.asarray(masks.polygon_points(mask)).reshape(-1, 2)
+    clamped = np.asarray(masks.polygon_points(mask, 64, 48)).reshape(-1, 2)
     assert raw[:, 0].max() >= 64 or raw[:, 1].max() >= 48  # the edge tracing reaches the border
     assert clamped[:, 0].max() <= 64 and clamped[:, 1].max() <= 48
 
@@ -140,8 +126,6 @@ def test_cuda_without_a_gpu_warns_and_runs_on_cpu(monkeypatch):
 def test_gpu_env_on_a_cpu_host_answers(weights_dir, bccd_dir, monkeypatch, caplog):
     import nuclio_sdk.test
 
-    import test_serverless
-
     monkeypatch.setattr(serverless, "_cuda_available", lambda: False)
     monkeypatch.setenv(serverless.ENV_WEIGHTS, str(weights_dir))
     monkeypatch.setenv(serverless.ENV_DEVICE, "cuda")
@@ -157,7 +141,7 @@ def test_gpu_env_on_a_cpu_host_answers(weights_dir, bccd_dir, monkeypatch, caplo
     module.init_context, module.handler = serverless.init_context, handler
     handler.__module__ = module.__name__
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    response = platform.call_handler(handler, test_serverless._event({"image": _b64(data)}))
+    response = platform.call_handler(handler, event({"image": b64(data)}))
     assert response.status_code == 200 and len(json.loads(response.body)) >= 1
     assert "running on CPU" in caplog.text
 

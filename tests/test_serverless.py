@@ -1,69 +1,22 @@
 """The Nuclio function against CVAT's detector contract, through nuclio_sdk's test platform."""
 from __future__ import annotations
 
-import base64
-import importlib.util
 import io
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from cvat_tools import labels, serverless
-from cvat_tools.formats.masks import mask_to_full, polygon_to_mask, serverless_mask_decode
+from cvat_tools import function_spec, labels, serverless
+from cvat_tools.formats.masks import mask_to_full
 from cvat_tools.imaging import decode_image
 from cvat_tools.pipeline import attribute_specs
-from pipeline_fakes import (
-    GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_field, graded_pipeline, iou, shared_weights,
-)
+from nuclio_calls import FUNCTION_DIR, b64, bomb_png, call, check_item, event, load_main
+from pipeline_fakes import GRADED_COUNTS, GRADED_SCORES, GRADED_SHAPE, graded_field, graded_pipeline, iou
 
-REPO = Path(__file__).resolve().parents[1]
-FUNCTION_DIR = REPO / "serverless" / "pytorch" / "cvat_tools" / "wbc" / "nuclio"
 YAMLS = ["function.yaml", "function-gpu.yaml"]
-
-
-@pytest.fixture(scope="module")
-def weights_dir():
-    return shared_weights()
-
-
-@pytest.fixture(scope="module")
-def nuclio(weights_dir):
-    """(platform, handler) of main.py, its init_context run with CVAT_TOOLS_WEIGHTS set."""
-    import nuclio_sdk.test
-
-    module = _load_main("cvat_tools_wbc_main")
-    old = os.environ.get(serverless.ENV_WEIGHTS)
-    os.environ[serverless.ENV_WEIGHTS] = str(weights_dir)
-    os.environ[serverless.ENV_DEVICE] = "cpu"
-    platform = nuclio_sdk.test.Platform()
-    platform.call_handler(module.handler, _event({"image": ""}))  # runs init_context once
-    yield platform, module.handler
-    os.environ.pop(serverless.ENV_DEVICE, None)
-    if old is None:
-        os.environ.pop(serverless.ENV_WEIGHTS, None)
-    else:
-        os.environ[serverless.ENV_WEIGHTS] = old
-
-
-def _event(body):
-    import nuclio_sdk
-
-    return nuclio_sdk.Event(body=body, content_type="application/json", method="POST")
-
-
-def _call(nuclio, body):
-    platform, handler = nuclio
-    response = platform.call_handler(handler, _event(body))
-    return response.status_code, json.loads(response.body)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 # -- function.yaml --------------------------------------------------------------------------
@@ -77,8 +30,8 @@ def test_function_yaml_follows_cvat_and_matches_labels(name):
     ann = meta["annotations"]
     assert ann["type"] == "detector" and ann["framework"] == "pytorch" and ann["name"]
     spec = json.loads(ann["spec"])
-    # drift check: regenerate with `python -m cvat_tools.serverless <yaml>`
-    assert spec == serverless.function_spec(), f"{name} spec drifted from labels.py"
+    # drift check: regenerate with `python -m cvat_tools.function_spec <yaml>`
+    assert spec == function_spec.function_spec(), f"{name} spec drifted from labels.py"
     assert [item["name"] for item in spec] == list(labels.ALL_CLASSES)
     assert all(item["type"] == "mask" for item in spec)
     for item in spec:
@@ -103,24 +56,14 @@ def test_function_yaml_follows_cvat_and_matches_labels(name):
 def test_write_spec_is_idempotent(tmp_path):
     copy = tmp_path / "function.yaml"
     copy.write_text((FUNCTION_DIR / "function.yaml").read_text())
-    assert serverless.write_spec(copy) is False
+    assert function_spec.write_spec(copy) is False
     text = copy.read_text().replace('"platelet"', '"plt"', 1)
     copy.write_text(text)
-    assert serverless.write_spec(copy) is True
+    assert function_spec.write_spec(copy) is True
     assert copy.read_text() == (FUNCTION_DIR / "function.yaml").read_text()
 
 
 # -- the handler's success path without data: graded detection scores -------------------------
-
-
-def _load_main(name):
-    import sys
-
-    spec = importlib.util.spec_from_file_location(name, FUNCTION_DIR / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # the platform finds init_context through the module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +71,11 @@ def graded_nuclio():
     """main.py under nuclio_sdk's platform, its init_context loading graded_pipeline()."""
     import nuclio_sdk.test
 
-    module = _load_main("cvat_tools_wbc_main_graded")
+    module = load_main("cvat_tools_wbc_main_graded")
     platform = nuclio_sdk.test.Platform()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serverless, "load_pipeline_from_env", lambda **kw: graded_pipeline())
-        platform.call_handler(module.handler, _event({"image": ""}))  # runs init_context once
+        platform.call_handler(module.handler, event({"image": ""}))  # runs init_context once
     return platform, module.handler
 
 
@@ -144,10 +87,10 @@ def _graded_png() -> bytes:
 def test_handler_honours_the_request_threshold(graded_nuclio, threshold):
     """Scores 0.99 ... 0.5: each threshold keeps exactly the cells scoring >= it, and the items
     are Pipeline.run's instances (label, confidence, mask, attributes) at that threshold."""
-    body = {"image": _b64(_graded_png())}
+    body = {"image": b64(_graded_png())}
     if threshold is not None:
         body["threshold"] = threshold
-    status, items = _call(graded_nuclio, body)
+    status, items = call(graded_nuclio, body)
     assert status == 200, items
     expected_n = GRADED_COUNTS[0.5 if threshold is None else threshold]
     assert len(items) == expected_n
@@ -157,7 +100,7 @@ def test_handler_honours_the_request_threshold(graded_nuclio, threshold):
                                       threshold=0.5 if threshold is None else threshold)
     assert len(expected) == expected_n
     for inst, item in zip(expected, items):
-        full = _check_item(item, w, h)
+        full = check_item(item, w, h)
         assert item["label"] == inst.label
         assert np.array_equal(full, mask_to_full(inst.geometry, w, h))
         assert {a["name"]: a["value"] for a in item["attributes"]} == inst.attributes
@@ -167,12 +110,12 @@ def test_handler_honours_the_request_threshold(graded_nuclio, threshold):
 
 
 def test_handler_threshold_as_a_string_is_read(graded_nuclio):
-    status, items = _call(graded_nuclio, {"image": _b64(_graded_png()), "threshold": "0.75"})
+    status, items = call(graded_nuclio, {"image": b64(_graded_png()), "threshold": "0.75"})
     assert status == 200 and len(items) == GRADED_COUNTS[0.75]
 
 
 def test_graded_items_carry_every_label_and_attribute_rule(graded_nuclio):
-    status, items = _call(graded_nuclio, {"image": _b64(_graded_png()), "threshold": 0.0})
+    status, items = call(graded_nuclio, {"image": b64(_graded_png()), "threshold": 0.0})
     assert status == 200
     # the fakes answer neutrophil/monocyte/band/monocyte/eosinophil/lymphocyte after the rule
     assert [i["label"] for i in items] == ["neutrophil", "monocyte", "band cell", "monocyte",
@@ -184,48 +127,14 @@ def test_graded_items_carry_every_label_and_attribute_rule(graded_nuclio):
 # -- the handler on real images ----------------------------------------------------------------
 
 
-def _check_item(item, width, height):
-    """Every field of one response item against CVAT's rules (lambda_manager/views.py)."""
-    spec = {entry["name"]: entry for entry in serverless.function_spec()}
-    assert set(item) == {"label", "type", "confidence", "points", "mask", "attributes"}
-    assert item["label"] in spec and item["type"] == "mask"
-    assert 0.0 <= float(item["confidence"]) <= 1.0
-    declared = {a["name"]: a for a in spec[item["label"]]["attributes"]}
-    names = [a["name"] for a in item["attributes"]]
-    assert len(names) == len(set(names)) and set(names) == set(declared)
-    for attr in item["attributes"]:
-        decl, value = declared[attr["name"]], attr["value"]
-        assert isinstance(value, str)
-        if decl["input_type"] == "select":
-            assert value in decl["values"]
-        elif decl["input_type"] == "number":  # CVAT: value.isnumeric(); cvat-sdk: int(value)
-            lo, hi, _ = map(int, decl["values"])
-            assert value.isnumeric() and lo <= int(value) <= hi
-        elif decl["input_type"] == "checkbox":
-            assert value in ("true", "false")
-    pts = np.asarray(item["points"], dtype=float).reshape(-1, 2)
-    assert len(pts) >= 3
-    assert (pts[:, 0] >= 0).all() and (pts[:, 0] <= width).all()
-    assert (pts[:, 1] >= 0).all() and (pts[:, 1] <= height).all()
-    mask = serverless_mask_decode(item["mask"])
-    *_, xtl, ytl, xbr, ybr = item["mask"]
-    assert 0 <= xtl <= xbr < width and 0 <= ytl <= ybr < height
-    assert set(item["mask"][:-4]) <= {0, 1}
-    full = mask_to_full(mask, width, height)
-    assert full.any()
-    # the polygon outlines the same cell as the mask
-    assert iou(polygon_to_mask(pts, height, width), full) > 0.8
-    return full
-
-
 def test_bccd_field_matches_pipeline_and_ground_truth(nuclio, bccd_dir):
     path = bccd_dir / "images" / "BloodImage_00002.jpg"
     data = path.read_bytes()
-    status, items = _call(nuclio, {"image": _b64(data), "threshold": 0.5})
+    status, items = call(nuclio, {"image": b64(data), "threshold": 0.5})
     assert status == 200 and len(items) >= 1
     image = decode_image(data)
     h, w = image.shape[:2]
-    fulls = [_check_item(item, w, h) for item in items]
+    fulls = [check_item(item, w, h) for item in items]
     # same answer as the Pipeline itself (one inference path everywhere)
     platform, handler = nuclio
     pipeline = platform._get_handler_context(handler).user_data.pipeline
@@ -244,16 +153,16 @@ def test_upscaled_jtsc_cell(nuclio, jtsc_dir):
     big = cell.resize((cell.width * 4, cell.height * 4), Image.BICUBIC)
     buf = io.BytesIO()
     big.save(buf, "JPEG", quality=92)
-    status, items = _call(nuclio, {"image": _b64(buf.getvalue())})
+    status, items = call(nuclio, {"image": b64(buf.getvalue())})
     assert status == 200 and len(items) >= 1
-    fulls = [_check_item(item, big.width, big.height) for item in items]
+    fulls = [check_item(item, big.width, big.height) for item in items]
     gt = np.asarray(Image.open(jtsc_dir / "masks" / "001.png").resize(big.size, Image.NEAREST)) > 0
     assert max(iou(full, gt) for full in fulls) > 0.5
 
 
 def test_threshold_one_returns_only_certain_cells(nuclio, bccd_dir):
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
-    status, items = _call(nuclio, {"image": _b64(data), "threshold": 1.0})
+    status, items = call(nuclio, {"image": b64(data), "threshold": 1.0})
     # the classical segmenter of this fixture scores its cells 1.0: they stay (graded scores
     # below: test_handler_honours_the_request_threshold)
     assert status == 200 and len(items) >= 1
@@ -267,14 +176,14 @@ def _png(image: Image.Image) -> bytes:
 
 
 def test_blank_slide_gives_an_empty_list(nuclio):
-    status, items = _call(nuclio, {"image": _b64(_png(Image.new("RGB", (320, 240), (235, 230, 225))))})
+    status, items = call(nuclio, {"image": b64(_png(Image.new("RGB", (320, 240), (235, 230, 225))))})
     assert status == 200 and items == []
 
 
 def _field_items(nuclio, image):
-    status, items = _call(nuclio, {"image": _b64(_png(image))})
+    status, items = call(nuclio, {"image": b64(_png(image))})
     assert status == 200, items
-    return [_check_item(item, image.width, image.height) for item in items]
+    return [check_item(item, image.width, image.height) for item in items]
 
 
 def test_other_image_modes_give_the_colour_fields_cells(nuclio, bccd_dir):
@@ -296,35 +205,20 @@ def test_other_image_modes_give_the_colour_fields_cells(nuclio, bccd_dir):
 # -- bad requests --------------------------------------------------------------------------
 
 
-def _bomb_png(width: int = 60000, height: int = 60000) -> bytes:
-    """A tiny PNG whose header claims width x height (3.6 GP): refused before decoding."""
-    import struct
-    import zlib
-
-    buf = io.BytesIO()
-    Image.new("1", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
-
-
 @pytest.mark.parametrize("body, reason", [
     (b"not json", "not JSON"),
     ({"threshold": 0.5}, "missing \"image\""),
     ({"image": "%%%not base64%%%"}, "base64"),
-    ({"image": _b64(b"GIF89a but not really an image")}, "not a readable image"),
-    ({"image": _b64(b"")}, "missing \"image\""),
-    ({"image": _b64(_bomb_png())}, "decompression bomb"),
-    ({"image": _b64(b"\xff\xd8\xff\xe0" + b"\x00" * 64)}, "image"),
+    ({"image": b64(b"GIF89a but not really an image")}, "not a readable image"),
+    ({"image": b64(b"")}, "missing \"image\""),
+    ({"image": b64(bomb_png())}, "decompression bomb"),
+    ({"image": b64(b"\xff\xd8\xff\xe0" + b"\x00" * 64)}, "image"),
     ({"image": "aGVsbG8=", "threshold": "high"}, "threshold"),
     ({"image": "aGVsbG8=", "threshold": 2}, "threshold"),
     (["image"], "JSON object"),
 ])
 def test_bad_requests_get_400_with_a_reason(nuclio, body, reason):
-    status, answer = _call(nuclio, body)
+    status, answer = call(nuclio, body)
     assert status == 400
     assert reason in answer["error"] and "Traceback" not in answer["error"]
 
@@ -344,7 +238,7 @@ def test_unexpected_failure_is_logged_not_fatal(nuclio, bccd_dir, monkeypatch, s
 
     monkeypatch.setattr(pipeline, "run", boom)
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
-    status, answer = _call(nuclio, {"image": _b64(data)})
+    status, answer = call(nuclio, {"image": b64(data)})
     if not strict:
         assert status == 200 and answer == []
         return
@@ -357,7 +251,7 @@ def test_oversized_image_is_400(nuclio, bccd_dir, monkeypatch):
 
     monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 1000)
     data = (bccd_dir / "images" / "BloodImage_00002.jpg").read_bytes()
-    status, answer = _call(nuclio, {"image": _b64(data)})
+    status, answer = call(nuclio, {"image": b64(data)})
     assert status == 400 and "limit" in answer["error"]
 
 
@@ -376,14 +270,14 @@ def test_shipped_pipeline_through_nuclio(bccd_dir, shipped_paths, monkeypatch):
 
     monkeypatch.delenv(serverless.ENV_WEIGHTS, raising=False)
     monkeypatch.setenv(serverless.ENV_DEVICE, "cpu")
-    module = _load_main("cvat_tools_wbc_main_shipped")
+    module = load_main("cvat_tools_wbc_main_shipped")
     platform = nuclio_sdk.test.Platform()
     data = (bccd_dir / "images" / "BloodImage_00005.jpg").read_bytes()  # split: test
-    response = platform.call_handler(module.handler, _event({"image": _b64(data)}))
+    response = platform.call_handler(module.handler, event({"image": b64(data)}))
     assert response.status_code == 200
     items = json.loads(response.body)
     assert len(items) == 1  # one WBC in this field
-    fulls = [_check_item(item, 640, 480) for item in items]
+    fulls = [check_item(item, 640, 480) for item in items]
     gt = np.asarray(Image.open(bccd_dir / "masks" / "BloodImage_00005.png")) > 0
     assert iou(fulls[0], gt) >= SHIPPED_NUCLIO_IOU_FLOOR
     info = platform._get_handler_context(module.handler).user_data.pipeline.info

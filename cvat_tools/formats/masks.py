@@ -206,6 +206,27 @@ def mask_to_polygon(
     return polygons[0] if polygons else None
 
 
+POLYGON_TOLERANCE = 1.0  # px; CVAT's own mask functions use 2.5, a cell outline wants detail
+
+
+def polygon_points(mask: Mask, width: int | None = None, height: int | None = None) -> list[float]:
+    """Flat polygon of a mask (>= 3 vertices); its box corners if the outline is degenerate.
+
+    With the image size, vertices are clamped to [0, width] x [0, height]: outlines traced
+    on pixel edges overshoot the last pixel by ~0.12 px, and CVAT does not clamp on save.
+    """
+    polygon = mask_to_polygon(mask.bitmap, mask.left, mask.top, tolerance=POLYGON_TOLERANCE,
+                              min_area=1)
+    if polygon is None or len(polygon) < 3:
+        x0, y0 = float(mask.left), float(mask.top)
+        x1, y1 = x0 + mask.width, y0 + mask.height
+        polygon = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    if width is not None and height is not None:
+        polygon = [(min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height)))
+                   for x, y in polygon]
+    return [round(v, 2) for point in polygon for v in point]
+
+
 def polygon_area(points: Sequence[Sequence[float]]) -> float:
     """Shoelace area (absolute) of a simple polygon in px^2."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
