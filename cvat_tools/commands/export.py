@@ -106,6 +106,108 @@ def _check_out(out: Path, sources: list[Path]) -> None:
             raise InputError(f"--out {out} overlaps the input {src}; choose a folder outside it")
 
 
+def _image_files(dataset, images_dir: Path, annotations: Path) -> list[Path]:
+    """Every annotated image's file, present and of the annotated size, before anything is written."""
+    from ..imaging import image_size
+
+    by_rel, by_name = _image_index(images_dir)
+    files, missing, wrong_size = [], [], []
+    for image in dataset.images:
+        path = _find_image(image.name, by_rel, by_name)
+        files.append(path)
+        if path is None:
+            missing.append(image.name)
+            continue
+        size = image_size(path)
+        if size != (image.width, image.height):
+            wrong_size.append(f"{path} is {size[0]}x{size[1]}, annotated as {image.width}x{image.height}")
+    if missing:
+        shown = ", ".join(n if len(n) <= 80 else n[:77] + "..." for n in missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(f"{annotations}: {len(missing)} annotated image(s) not found under "
+                         f"{images_dir}: {shown}; pass --images pointing at the folder that holds them")
+    if wrong_size:
+        shown = "; ".join(wrong_size[:3]) + (f"; and {len(wrong_size) - 3} more" if len(wrong_size) > 3 else "")
+        raise InputError(f"{annotations}: image size differs from the annotation (EXIF rotation "
+                         f"applied): {shown}. These annotations belong to other versions of the images")
+    return files
+
+
+def _export_instances(tmp: Path, out: Path, image, stem: str, pixels, crop_size: int | None,
+                      skipped: list, repaired: list):
+    """Write the mask (and with ``pixels`` the crop) of each of one image's instances; yield
+    (instance, outline, mask file). Shapes that cannot be outlined go to ``skipped``."""
+    import cv2
+    import numpy as np
+
+    from ..crops import cell_crop
+    from ..formats.clean import outline_instance
+
+    k = 0
+    for inst in image.instances:
+        outline, reason = outline_instance(inst, image.width, image.height)
+        if outline is None:
+            skipped.append({"image": image.name, "label": inst.label, "reason": reason})
+            continue
+        if outline.note:
+            repaired.append({"image": image.name, "label": inst.label, "note": outline.note})
+        m = outline.mask
+        full = np.zeros((image.height, image.width), dtype=np.uint8)
+        full[m.top:m.top + m.height, m.left:m.left + m.width][m.bitmap] = 255
+        mask_file = f"masks/{stem}_{k}.png"
+        if not cv2.imwrite(str(tmp / mask_file), full):
+            raise InputError(f"{out}: cannot write {mask_file} (disk full?)")
+        if pixels is not None:
+            crop = cell_crop(pixels, m.bitmap, m.left, m.top, size=crop_size)
+            folder = tmp / "crops" / _label_folder(inst.label)
+            folder.mkdir(exist_ok=True)
+            cv2.imwrite(str(folder / f"{stem}_{k}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        yield inst, outline, mask_file
+        k += 1
+
+
+def _coco_annotation(ann_id: int, image_id: int, category_id: int, inst, outline, mask_file: str,
+                     source_label: str) -> dict:
+    xs = [p[0] for ring in outline.polygons for p in ring]
+    ys = [p[1] for ring in outline.polygons for p in ring]
+    attributes = {"occluded": bool(inst.occluded), "z_order": inst.z_order, **inst.attributes}
+    ann = {
+        "id": ann_id, "image_id": image_id, "category_id": category_id,
+        "segmentation": [[round(v, 3) for xy in ring for v in xy] for ring in outline.polygons],
+        "area": int(outline.mask.bitmap.sum()),
+        "bbox": [round(min(xs), 3), round(min(ys), 3),
+                 round(max(xs) - min(xs), 3), round(max(ys) - min(ys), 3)],
+        "iscrowd": 0, "attributes": attributes,
+        "mask_file": mask_file, "source_label": source_label,
+    }
+    if inst.score is not None:
+        ann["score"] = inst.score
+    return ann
+
+
+def _coco_skeleton(dataset, annotations: Path) -> tuple[list[str], dict[str, int], dict]:
+    """(label order, category id per label, the empty COCO document) of the labels in use,
+    in labels.ALL_CLASSES order."""
+    from ..labels import ALL_CLASSES
+
+    order = [n for n in ALL_CLASSES if n in set(dataset.label_names()) |
+             {i.label for im in dataset.images for i in im.instances}]
+    category = {name: k + 1 for k, name in enumerate(order)}
+    coco = {"info": {"description": f"cvat-tools export of {annotations.name}"},
+            "licenses": [], "images": [], "annotations": [],
+            "categories": [{"id": category[n], "name": n, "supercategory": "cell"} for n in order]}
+    return order, category, coco
+
+
+def _refuse_if_strict(annotations: Path, skipped: list, repaired: list) -> None:
+    problems = [f"{x['image']}: {x['label']}: {x.get('reason') or x.get('note')}"
+                for x in skipped + repaired]
+    if problems:
+        raise InputError(f"{annotations}: --strict and {len(problems)} shape(s) skipped or repaired: "
+                         + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+                         + ". Fix them in CVAT or drop --strict to export the rest")
+
+
 def run_export(
     annotations: str | Path,
     images: str | Path | None,
@@ -118,17 +220,12 @@ def run_export(
     strict: bool = False,
 ) -> dict:
     """The export itself (the click command is a thin wrapper); returns the manifest."""
-    import cv2
-    import numpy as np
     from tqdm import tqdm
 
     from ..atomic import atomic_dir
-    from ..crops import cell_crop
-    from ..formats.clean import outline_instance
     from ..formats.io import open_annotations
     from ..formats.labelmap import apply_label_map, load_label_map
-    from ..imaging import image_size, load_image
-    from ..labels import ALL_CLASSES
+    from ..imaging import load_image
 
     annotations, out = Path(annotations), Path(out)
     if crop_size is not None and crop_size < 8:
@@ -147,35 +244,9 @@ def run_export(
         apply_label_map(dataset, label_map, str(annotations))
         if not dataset.images:
             raise InputError(f"{annotations}: no images in the annotations; nothing to export")
+        files = _image_files(dataset, images_dir, annotations)
 
-        # every image present and of the annotated size, before anything is written
-        by_rel, by_name = _image_index(images_dir)
-        files, missing, wrong_size = [], [], []
-        for image in dataset.images:
-            path = _find_image(image.name, by_rel, by_name)
-            files.append(path)
-            if path is None:
-                missing.append(image.name)
-                continue
-            size = image_size(path)
-            if size != (image.width, image.height):
-                wrong_size.append(f"{path} is {size[0]}x{size[1]}, annotated as {image.width}x{image.height}")
-        if missing:
-            shown = ", ".join(n if len(n) <= 80 else n[:77] + "..." for n in missing[:5]) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise InputError(f"{annotations}: {len(missing)} annotated image(s) not found under "
-                             f"{images_dir}: {shown}; pass --images pointing at the folder that holds them")
-        if wrong_size:
-            shown = "; ".join(wrong_size[:3]) + (f"; and {len(wrong_size) - 3} more" if len(wrong_size) > 3 else "")
-            raise InputError(f"{annotations}: image size differs from the annotation (EXIF rotation "
-                             f"applied): {shown}. These annotations belong to other versions of the images")
-
-        order = [n for n in ALL_CLASSES if n in set(dataset.label_names()) |
-                 {i.label for im in dataset.images for i in im.instances}]
-        category = {name: k + 1 for k, name in enumerate(order)}
-        coco = {"info": {"description": f"cvat-tools export of {annotations.name}"},
-                "licenses": [], "images": [], "annotations": [],
-                "categories": [{"id": category[n], "name": n, "supercategory": "cell"} for n in order]}
+        order, category, coco = _coco_skeleton(dataset, annotations)
         per_class: Counter[str] = Counter()
         skipped = list(dataset.skipped)
         repaired = []
@@ -184,58 +255,21 @@ def run_export(
         with atomic_dir(out, command="export") as tmp:
             for sub in ("images", "masks") + (("crops",) if crops else ()):
                 (tmp / sub).mkdir()
-            ann_id = 1
             bar = tqdm(list(zip(dataset.images, files, out_names)), desc="export", unit="img",
                        dynamic_ncols=True, disable=not progress or None)
             for image_id, (image, path, out_name) in enumerate(bar, 1):
                 _link_or_copy(path, tmp / "images" / out_name)
                 coco["images"].append({"id": image_id, "file_name": out_name,
                                        "width": image.width, "height": image.height})
-                stem = Path(out_name).stem
                 pixels = load_image(path) if crops else None
-                k = 0
-                for inst in image.instances:
-                    outline, reason = outline_instance(inst, image.width, image.height)
-                    if outline is None:
-                        skipped.append({"image": image.name, "label": inst.label, "reason": reason})
-                        continue
-                    if outline.note:
-                        repaired.append({"image": image.name, "label": inst.label, "note": outline.note})
-                    m = outline.mask
-                    full = np.zeros((image.height, image.width), dtype=np.uint8)
-                    full[m.top:m.top + m.height, m.left:m.left + m.width][m.bitmap] = 255
-                    mask_file = f"masks/{stem}_{k}.png"
-                    if not cv2.imwrite(str(tmp / mask_file), full):
-                        raise InputError(f"{out}: cannot write {mask_file} (disk full?)")
-                    if pixels is not None:
-                        crop = cell_crop(pixels, m.bitmap, m.left, m.top, size=crop_size)
-                        folder = tmp / "crops" / _label_folder(inst.label)
-                        folder.mkdir(exist_ok=True)
-                        cv2.imwrite(str(folder / f"{stem}_{k}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-                    xs = [p[0] for ring in outline.polygons for p in ring]
-                    ys = [p[1] for ring in outline.polygons for p in ring]
-                    attributes = {"occluded": bool(inst.occluded), "z_order": inst.z_order, **inst.attributes}
-                    ann = {
-                        "id": ann_id, "image_id": image_id, "category_id": category[inst.label],
-                        "segmentation": [[round(v, 3) for xy in ring for v in xy] for ring in outline.polygons],
-                        "area": int(m.bitmap.sum()),
-                        "bbox": [round(min(xs), 3), round(min(ys), 3),
-                                 round(max(xs) - min(xs), 3), round(max(ys) - min(ys), 3)],
-                        "iscrowd": 0, "attributes": attributes,
-                        "mask_file": mask_file, "source_label": source_labels.get(id(inst), inst.label),
-                    }
-                    if inst.score is not None:
-                        ann["score"] = inst.score
-                    coco["annotations"].append(ann)
+                for inst, outline, mask_file in _export_instances(
+                        tmp, out, image, Path(out_name).stem, pixels, crop_size, skipped, repaired):
+                    coco["annotations"].append(_coco_annotation(
+                        len(coco["annotations"]) + 1, image_id, category[inst.label], inst, outline,
+                        mask_file, source_labels.get(id(inst), inst.label)))
                     per_class[inst.label] += 1
-                    ann_id += 1
-                    k += 1
-            if strict and (skipped or repaired):
-                problems = [f"{x['image']}: {x['label']}: {x.get('reason') or x.get('note')}"
-                            for x in skipped + repaired]
-                raise InputError(f"{annotations}: --strict and {len(problems)} shape(s) skipped or repaired: "
-                                 + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
-                                 + ". Fix them in CVAT or drop --strict to export the rest")
+            if strict:
+                _refuse_if_strict(annotations, skipped, repaired)
             (tmp / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
             manifest = {
                 "source": str(annotations),

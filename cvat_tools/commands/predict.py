@@ -222,6 +222,60 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
 # the command
 
 
+def _annotate(pipeline, item, threshold: float, failures: list[str], warnings_seen: list[str],
+              scales: dict[str, dict | None]):
+    """(image, instances) of one input, or None with the reason added to ``failures``; records
+    the scale the segmenter applied and warns about grayscale images."""
+    try:
+        rgb = load_image(item.path)
+        instances = pipeline.run(rgb, threshold=threshold)
+    except CvatToolsError as exc:
+        message = str(exc)
+        if not message.startswith(str(item.path)):
+            message = f"{item.path}: {message}"
+        failures.append(message)
+        return None
+    scale = pipeline.last_scale
+    scales[item.name] = scale.as_dict() if scale is not None else None
+    if scale is not None and scale.grayscale and not scale.empty:
+        warnings_seen.append(f"{item.path}: grayscale image (R = G = B): the segmenter "
+                             "was trained on stained colour smears; cells may be missed")
+    return rgb, instances
+
+
+def _summary(pipeline, dataset: Dataset, fmt: str, threshold: float, cell_size, um_per_px,
+             scales: dict[str, dict | None], failures: list[str], warnings_seen: list[str]) -> dict:
+    """The run's summary (predict.json): models, prior, scale, per-image cells, what failed."""
+    return {
+        "threshold": threshold,
+        "format": fmt,
+        "models": vars(pipeline.info),
+        # the refiner's decision prior, so a prediction can be read (and rerun) later
+        "refiner_prior": pipeline.refiner.decision_prior if pipeline.refiner is not None else None,
+        "scale": {"cell_size": cell_size, "um_per_px": um_per_px,
+                  "mode": "given" if cell_size or um_per_px else "estimated per image"},
+        "images": [{"name": im.name, "cells": len(im.instances), "scale": scales.get(im.name)}
+                   for im in dataset.images],
+        "failed": failures,
+        "warnings": warnings_seen,
+        "skipped_by_writer": dataset.skipped,
+    }
+
+
+def _report_run(dataset: Dataset, out: Path, fmt: str, failures: list[str], warnings_seen: list[str]) -> bool:
+    """Tell the user what was written and what failed; False when an input failed."""
+    cells = sum(len(im.instances) for im in dataset.images)
+    click.echo(f"{cells} cells in {len(dataset.images)} images -> {out}"
+               f"{os.sep}{FORMATS[fmt]}")
+    for message in warnings_seen:
+        click.echo(f"warning: {message}", err=True)
+    if failures:
+        click.echo(f"{len(failures)} input(s) could not be annotated:", err=True)
+        for message in failures:
+            click.echo(f"  {message}", err=True)
+    return not failures
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIRS...")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -274,21 +328,11 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         if overlay:
             (tmp / "overlays").mkdir()
         for item in tqdm(images, desc="predict", unit="image", disable=None):
-            try:
-                rgb = load_image(item.path)
-                instances = pipeline.run(rgb, threshold=threshold)
-            except CvatToolsError as exc:
-                message = str(exc)
-                if not message.startswith(str(item.path)):
-                    message = f"{item.path}: {message}"
-                failures.append(message)
+            done = _annotate(pipeline, item, threshold, failures, warnings_seen, scales)
+            if done is None:
                 continue
+            rgb, instances = done
             height, width = rgb.shape[:2]
-            scale = pipeline.last_scale
-            scales[item.name] = scale.as_dict() if scale is not None else None
-            if scale is not None and scale.grayscale and not scale.empty:
-                warnings_seen.append(f"{item.path}: grayscale image (R = G = B): the segmenter "
-                                     "was trained on stained colour smears; cells may be missed")
             dataset.images.append(ImageAnnotation(item.name, width, height, instances,
                                                   id=len(dataset.images)))
             if overlay:
@@ -303,28 +347,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         if report:
             write_report(dataset, tmp / "report", class_order)
             write_scale_report(scales, tmp / "report" / "scale.csv")
-        summary = {
-            "threshold": threshold,
-            "format": fmt,
-            "models": vars(pipeline.info),
-            # the refiner's decision prior, so a prediction can be read (and rerun) later
-            "refiner_prior": pipeline.refiner.decision_prior if pipeline.refiner is not None else None,
-            "scale": {"cell_size": cell_size, "um_per_px": um_per_px,
-                      "mode": "given" if cell_size or um_per_px else "estimated per image"},
-            "images": [{"name": im.name, "cells": len(im.instances), "scale": scales.get(im.name)}
-                       for im in dataset.images],
-            "failed": failures,
-            "warnings": warnings_seen,
-            "skipped_by_writer": dataset.skipped,
-        }
+        summary = _summary(pipeline, dataset, fmt, threshold, cell_size, um_per_px, scales,
+                           failures, warnings_seen)
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
-    cells = sum(len(im.instances) for im in dataset.images)
-    click.echo(f"{cells} cells in {len(dataset.images)} images -> {out}"
-               f"{os.sep}{FORMATS[fmt]}")
-    for message in warnings_seen:
-        click.echo(f"warning: {message}", err=True)
-    if failures:
-        click.echo(f"{len(failures)} input(s) could not be annotated:", err=True)
-        for message in failures:
-            click.echo(f"  {message}", err=True)
+    if not _report_run(dataset, out, fmt, failures, warnings_seen):
         ctx.exit(1)
