@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from _data import DATA
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--pbc", type=Path, default=REPO.parent / "shared" / "data" / "pbc")
+    ap.add_argument("--pbc", type=Path, default=DATA / "pbc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -27,7 +27,7 @@ source-only classifier's "platelet" answers over all labelled crops. Macro-F1 is
 present in each set's truth; a prediction outside the 4 classes is simply wrong. JTSC was seen
 UNLABELLED by the refiners during training (transductive domain adaptation); BCCD test was not.
 --bccd-split val scores BCCD val (the cross-lab selection set) instead of BCCD test.
---exclude DIR (a folder written by benchmarks/few_shot_crops.py, given to a semi-supervised
+--exclude DIR (a folder written by experiments/few_shot_crops.py, given to a semi-supervised
 refiner as --target-labels) leaves out the crops whose labels that refiner was trained with.
 """
 from __future__ import annotations
@@ -39,8 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _data import DATA
 
 
 def adabn(wrapper, bundle_path: Path, crops: list, batch: int = 64):
@@ -75,7 +74,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--exclude", type=Path, default=None, metavar="FEW_SHOT_DIR",
-                    help="leave out the crops of this few-shot folder (benchmarks/few_shot_crops.py)")
+                    help="leave out the crops of this few-shot folder (experiments/few_shot_crops.py)")
     ap.add_argument("--reference-n", type=int, default=400, help="PBC train crops for the test-time reference")
     ap.add_argument("--adabn", action="store_true",
                     help="add source-only and rule rows with BatchNorm statistics re-estimated per lab")

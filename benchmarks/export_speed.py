@@ -21,12 +21,12 @@ from PIL import Image
 from cvat_tools.commands.export import run_export
 from cvat_tools.formats.cvat_xml import read_cvat_xml
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cvat_xml"
+from _data import DATA
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--xml", type=Path, default=DATA / "NEUTROPHILS.xml")
+    parser.add_argument("--xml", type=Path, default=DATA / "cvat_xml" / "NEUTROPHILS.xml")
     parser.add_argument("--crops", action="store_true")
     args = parser.parse_args()
     dataset = read_cvat_xml(args.xml)

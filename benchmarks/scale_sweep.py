@@ -35,9 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _data import DATA, REPO
+
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data"
 ZOOMS = (0.25, 0.33, 0.5, 1.0, 2.0, 3.0, 4.0)
 MOSAIC_K = (2, 3, 4, 5)
 SCORE = 0.5  # detection score of a reported cell

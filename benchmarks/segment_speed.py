@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from _data import DATA
+
 SIZES = {"640x480": (640, 480), "4032x3024": (4032, 3024)}
 THESIS_ALG1_S = 0.1448
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _data import DATA, REPO
+
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data"
 WORK = 384            # the segmenter's working long side
 FIELD = 640           # a BCCD field's long side
 

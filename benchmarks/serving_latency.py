@@ -38,9 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _data import DATA, REPO
+
 MAIN = REPO / "serverless" / "pytorch" / "cvat_tools" / "wbc" / "nuclio" / "main.py"
-DATA = Path(os.environ.get("CVAT_TOOLS_DATA", REPO.parent / "shared" / "data"))
 
 
 def jpeg_bytes(path: Path, size: tuple[int, int] | None = None) -> bytes:

@@ -194,7 +194,7 @@ class SegmenterCentreMask:
 
     The pipeline feeds the classifier crops cut with the Mask R-CNN's masks; a classifier
     trained on classical masks loses about 2 points of PBC val macro-F1 on them
-    (benchmarks/mask_source.py). Images where the segmenter finds nothing fall back to the
+    (experiments/mask_source.py). Images where the segmenter finds nothing fall back to the
     classical mask (counted in ``fallbacks``).
     """
 

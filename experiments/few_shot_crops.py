@@ -1,7 +1,7 @@
 """A few labelled crops per class from each other lab: what annotators' corrections give the
 semi-supervised refiner (`cvat-tools train refiner --target-labels DIR`).
 
-    python benchmarks/few_shot_crops.py --per-class 5 --seed 0 --out /tmp/few
+    python experiments/few_shot_crops.py --per-class 5 --seed 0 --out /tmp/few
 
 Writes DIR/<class>/<lab>_<image>.png (masked crops, crops.cell_crop, native size) for the 4
 classes both sides share: BCCD single-WBC *train* images (BCCD val/test stay unlabelled) and
@@ -11,13 +11,14 @@ without the crops drawn here.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _data import DATA  # noqa: E402  (the one data resolver, benchmarks/_data.py)
 
 
 def crop_key(lab: str, name: str) -> str:
@@ -39,7 +40,7 @@ def main() -> None:
     from cvat_tools.data import cells as D
 
     rng = np.random.default_rng(args.seed)
-    with atomic_dir(args.out, command="benchmarks/few_shot_crops.py") as tmp:  # never replaces a foreign folder
+    with atomic_dir(args.out, command="experiments/few_shot_crops.py") as tmp:  # never replaces a foreign folder
         for lab in args.labs.split(","):
             if lab == "bccd":
                 crops = D.bccd_crops(args.data / "bccd_wbc", ("train",), labelled_only=True)

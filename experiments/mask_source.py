@@ -5,7 +5,7 @@ val split (never its test split: this is for choosing what to train on next), ea
   maskrcnn    the shipped Mask R-CNN's instance nearest the image centre: what the pipeline
               (predict, the Nuclio function) feeds the classifier on a smear
 
-    python benchmarks/mask_source.py [--threads 2] [--every 1] [--plot pairs.png] [--bundle NAME=DIR ...]
+    python experiments/mask_source.py [--threads 2] [--every 1] [--plot pairs.png] [--bundle NAME=DIR ...]
 
 Prints macro-F1 (fine classes and the 8 PBC folders) for both, and the mean IoU of the two masks,
 for the shipped classifier or each --bundle (same split: the val files come from the first).
@@ -14,14 +14,15 @@ for the shipped classifier or each --bundle (same split: the val files come from
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _data import DATA  # noqa: E402  (the one data resolver, benchmarks/_data.py)
 
 
 def main() -> None:

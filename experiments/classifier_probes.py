@@ -1,11 +1,11 @@
 """Questions about the classifier's remaining PBC errors, answered on its VAL split only
 (never the test split: these decide what to try next, not what to report).
 
-    python benchmarks/classifier_probes.py ensemble [BUNDLE ...]   # average of the bundles' probabilities
-    python benchmarks/classifier_probes.py size [BUNDLE]           # does the cell's size help?
-    python benchmarks/classifier_probes.py masks [BUNDLE]          # errors by mask regularity
-    python benchmarks/classifier_probes.py tta [BUNDLE]            # test-time flips and rotations
-    python benchmarks/classifier_probes.py input-size [BUNDLE]     # the crops fed at other sizes
+    python experiments/classifier_probes.py ensemble [BUNDLE ...]   # average of the bundles' probabilities
+    python experiments/classifier_probes.py size [BUNDLE]           # does the cell's size help?
+    python experiments/classifier_probes.py masks [BUNDLE]          # errors by mask regularity
+    python experiments/classifier_probes.py tta [BUNDLE]            # test-time flips and rotations
+    python experiments/classifier_probes.py input-size [BUNDLE]     # the crops fed at other sizes
 
 Val images are cut with the mask the (first) bundle was trained on (its manifest's
 training.data.crop_mask: classical, or the shipped segmenter's centre instance, ~0.25 s an
@@ -29,13 +29,14 @@ input-size  the same crops resized to 128-224 px instead of the bundle's input s
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _data import DATA  # noqa: E402  (the one data resolver, benchmarks/_data.py)
 
 
 def val_crops(manifest: dict, pbc: Path):
