@@ -105,7 +105,7 @@ def mosaic(fields: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndar
 
 
 class Tally:
-    """Recall / precision at score >= SCORE and IoU >= 0.5, AP50 and Dice (train/metrics.py)."""
+    """Recall / precision at score >= SCORE and IoU >= 0.5, AP50 and Dice (metrics/segmentation.py)."""
 
     def __init__(self) -> None:
         from cvat_tools.metrics.segmentation import SegmentationScores
