@@ -57,7 +57,7 @@ def adabn(wrapper, bundle_path: Path, crops: list, batch: int = 64):
         m.momentum = None  # cumulative: every crop weighs the same
         m.train()
     stain = StainNormalizer.from_manifest(bundle.manifest.get("stain"))
-    size = bundle.manifest.get("input_size", 128)
+    size = bundle.manifest["input_size"]  # load_bundle checked it is there
     x = to_tensor(prepare(crops, size, stain))
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
