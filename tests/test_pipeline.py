@@ -17,11 +17,6 @@ from pipeline_fakes import (
 
 
 @pytest.fixture(scope="module")
-def weights_dir():
-    return shared_weights()
-
-
-@pytest.fixture(scope="module")
 def bccd_image(bccd_dir):
     return load_image(bccd_dir / "images" / "BloodImage_00002.jpg")
 

@@ -16,15 +16,9 @@ from cvat_tools.formats.cvat_xml import read_cvat_xml
 from cvat_tools.formats.masks import mask_to_full
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, check_attributes
-from pipeline_fakes import shared_weights
 from cli_run import run_cli as run
 
 GOOD = ["BloodImage_00002.jpg", "BloodImage_00003.jpg"]
-
-
-@pytest.fixture(scope="module")
-def weights_dir():
-    return shared_weights()
 
 
 @pytest.fixture(scope="module")
