@@ -1,6 +1,6 @@
 """The package's layering, checked from the source with ``ast`` (nothing is imported).
 
-Rules (docs/ARCHITECTURE in the README, issue 20):
+Rules (docs/reference.md "Package layers", issue 20):
 * only ``cvat_tools/train/`` and the ``train_*`` / ``evaluate_*`` commands import ``cvat_tools.train``;
 * ``data/`` and ``formats/`` never import ``train``; ``formats/`` knows nothing of torch;
 * no import cycle among cvat_tools modules (function-level imports count too);
