@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError, Interrupted
-from .checkpoint import load_checkpoint, prepare_run, save_checkpoint
+from .checkpoint import load_checkpoint, plain_data, prepare_run, save_checkpoint
 
 RUN_SUFFIX = ".ckpt"
 LEGACY_SUFFIX = ".work"  # the classifier's and refiner's run folder before the engine
@@ -175,6 +175,32 @@ def _better(score: float, best: dict, select: str) -> bool:
     return score >= best["score"] if select == "max_or_equal" else score > best["score"]
 
 
+def _rng_state() -> dict:
+    """The global generators (dropout, DataLoader shuffling, the segmenter's augmentation), so
+    that a resumed run continues exactly as the uninterrupted one would have."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
 def restore(run: Run, model, optimizer, meta: dict) -> Progress:
     """The state of ``run.last`` into ``model`` and ``optimizer`` (a fresh Progress without --resume).
     ``meta`` (labels, input size, ...) must be what the checkpoint was made for."""
@@ -190,6 +216,7 @@ def restore(run: Run, model, optimizer, meta: dict) -> Progress:
                          f"({', '.join(differ)} differ); drop --resume")
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
     progress = Progress(state["epoch"], state["step"], state["history"], state["best"])
     if run.main:
         print(f"resumed after epoch {progress.epoch} ({run.last})", flush=True)
@@ -207,8 +234,8 @@ def fit(run: Run, model, optimizer, progress: Progress, epochs: int, train_epoch
         for epoch in range(progress.epoch + 1, epochs + 1):
             record = {"epoch": epoch, **train_epoch(epoch)}
             if run.main:
-                score, fields = evaluate(epoch)
-                record.update(fields)
+                score, fields = plain_data(evaluate(epoch))
+                record = plain_data({**record, **fields})
                 print(json.dumps(record), flush=True)
                 progress.history.append(record)
                 if _better(score, progress.best, select):
@@ -219,7 +246,7 @@ def fit(run: Run, model, optimizer, progress: Progress, epochs: int, train_epoch
                 save_checkpoint(run.last, {"format": FORMAT, "model": unwrap(model).state_dict(),
                                            "optimizer": optimizer.state_dict(), "epoch": epoch,
                                            "step": progress.step, "history": progress.history,
-                                           "best": progress.best, "meta": meta})
+                                           "best": progress.best, "meta": meta, "rng": _rng_state()})
             else:
                 progress.epoch = epoch
     except KeyboardInterrupt:
