@@ -1,7 +1,7 @@
 """Training runs: the checks made before any work, and checkpoints that cannot run code.
 
-A run writes its bundle to ``--out`` and its checkpoints to a work folder beside it
-(``OUT.work`` or ``OUT.ckpt``). Both are checked up front (the --out policy of
+A run writes its bundle to ``--out`` and its checkpoints to the run folder beside it
+(``OUT.ckpt``; see engine.py). Both are checked up front (the --out policy of
 :mod:`cvat_tools.outdir`), and ``--resume`` without a checkpoint is an error, not a silent
 fresh start. Checkpoints hold only tensors and plain data (numbers, strings, lists, dicts),
 so they load with ``torch.load(weights_only=True)``: a pickle planted in the work folder is

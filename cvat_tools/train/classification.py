@@ -11,11 +11,9 @@ rank draws its own batches; only rank 0 evaluates and writes.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -33,6 +31,7 @@ from . import classification_data as D
 from .augment import augment_batch
 from .classification_metrics import classification_report
 from .engine import Run, Schedule, default_warmup, fit, load_best, restore, start_run, started_from, training_record, wrap
+from .engine import steps_per_epoch as engine_steps
 
 
 @dataclass
@@ -312,9 +311,7 @@ def _train(cfg: ClassifierConfig, run: Run, data: PreparedData, batches: BatchMa
         model.to(memory_format=torch.channels_last)
     net = wrap(model, run)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * run.world))
-    if cfg.max_steps:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+    steps_per_epoch = engine_steps(len(train_x), cfg.batch_size, run.world, cfg.max_steps)
     total = steps_per_epoch * cfg.epochs
     schedule = Schedule(optimizer, total, default_warmup(total) if cfg.warmup is None else cfg.warmup)
     meta = {"labels": labels, "size": cfg.size}

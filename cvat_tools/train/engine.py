@@ -138,6 +138,12 @@ def lr_factor(step: int, total: int, warmup: int, start: float | None = None, co
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def steps_per_epoch(items: int, batch_size: int, world: int = 1, max_steps: int | None = None) -> int:
+    """Steps that draw ``items`` once over all ranks; ``max_steps`` caps it (smoke tests)."""
+    steps = math.ceil(items / (batch_size * world))
+    return min(steps, max_steps) if max_steps else steps
+
+
 def default_warmup(total: int) -> int:
     """5% of the steps, at most 100."""
     return min(100, max(total // 20, 1))

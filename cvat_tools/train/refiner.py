@@ -17,10 +17,9 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,8 @@ from . import classification_data as D
 from .augment import augment_batch
 from .classification import balanced_indices, predict_cache
 from .classification_metrics import classification_report
-from .engine import Progress, Run, Schedule, default_warmup, fit, restore, start_run, started_from, training_record
+from .engine import (Progress, Run, Schedule, default_warmup, fit, restore, start_run, started_from, steps_per_epoch,
+                     training_record)
 
 
 @dataclass
@@ -260,14 +260,13 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         {"params": [*model.features.parameters(), *model.label_head.parameters()], "lr": cfg.lr},
         {"params": model.domain_head.parameters(), "lr": cfg.lr * cfg.domain_lr_mult},
     ])
-    steps = math.ceil(len(data.source_x) / cfg.batch_size)
-    if cfg.max_steps:
-        steps = min(steps, cfg.max_steps)
+    steps = steps_per_epoch(len(data.source_x), cfg.batch_size, max_steps=cfg.max_steps)
     meta = {"labels": labels, "size": cfg.size}
     progress = restore(run, model, optimizer, meta)
     total = steps * cfg.epochs
-    schedule = Schedule(optimizer, total, default_warmup(total) if cfg.warmup is None else cfg.warmup,
-                        cosine=cfg.schedule == "cosine") if cfg.schedule == "cosine" else None
+    schedule = None  # "constant": the lr as given
+    if cfg.schedule == "cosine":
+        schedule = Schedule(optimizer, total, default_warmup(total) if cfg.warmup is None else cfg.warmup)
     train_epoch = _epoch_fn(cfg, run, model, optimizer, schedule, data, log_prior, steps, progress)
 
     def evaluate(epoch: int):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..bundle import save_bundle
 from ..segment.maskrcnn import DEFAULT_ARCHITECTURE, LABELS, MaskRCNNSegmenter, build_model
-from .engine import Progress, Schedule, fit, load_best, restore, start_run, started_from, training_record, unwrap, wrap
+from .engine import Schedule, fit, load_best, restore, start_run, started_from, training_record, unwrap, wrap
 from .metrics import SegmentationScores
 from .segmentation_data import (InstanceDataset, SegSample, collate, pbc_platelet_samples, pbc_pseudo_samples,
                                 read_samples, val_negatives)
