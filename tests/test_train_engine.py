@@ -187,3 +187,34 @@ def test_options_not_given_leave_the_recipe_and_missing_ones_are_named(tmp_path)
     assert cfg.epochs == RefinerConfig.__dataclass_fields__["epochs"].default
     with pytest.raises(InputError, match="pass --target "):
         resolve(RefinerConfig, recipe, {"out": "o", "targets": None}, flags={"targets": "--target"})
+
+
+def test_ctrl_c_before_the_first_epoch_says_there_is_nothing_to_resume(monkeypatch, tmp_path):
+    import cvat_tools.train.classification as classification
+
+    def prepare_data(cfg):
+        raise KeyboardInterrupt  # Ctrl-C while the crops are cut
+
+    monkeypatch.setattr(classification, "prepare_data", prepare_data)
+    (tmp_path / "in").mkdir()
+    code, _, err = run_cli("train", "classifier", "--data", tmp_path / "in", "--out", tmp_path / "b")
+    assert code == 130 and err.strip().splitlines() == [
+        "interrupted before the first epoch finished: no checkpoint, nothing to resume; run the command again"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_checkpoint_of_the_trainers_before_the_engine_is_refused_in_one_line(tmp_path):
+    import torch
+
+    from cvat_tools.errors import InputError
+    from cvat_tools.train.checkpoint import save_checkpoint
+    from cvat_tools.train.engine import Run, restore
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = Run("train refiner", tmp_path / "b", tmp_path / "b.ckpt", resume=True)
+    save_checkpoint(run.last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1,
+                               "history": [], "labels": ["a"], "size": 32})  # the refiner's old layout
+    with pytest.raises(InputError, match="earlier cvat-tools version") as info:
+        restore(run, model, optimizer, {"labels": ["a"], "size": 32})
+    assert len(str(info.value).splitlines()) == 1 and str(run.folder) in str(info.value)

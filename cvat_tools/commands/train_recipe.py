@@ -30,10 +30,15 @@ def resume_command() -> str:
 
 def train(fn, cfg):
     """Run a trainer; after Ctrl-C the error names the checkpoint and the --resume command."""
-    from ..train.engine import TrainingInterrupted
+    from ..train.engine import TrainingInterrupted, run_folder
 
     try:
         return fn(cfg)
     except TrainingInterrupted as exc:
         exc.command = resume_command()
         raise
+    except KeyboardInterrupt:  # while the data is read, or the bundle written after the last epoch
+        folder = Path(getattr(cfg, "checkpoint_dir", None) or run_folder(cfg.out))
+        exc = TrainingInterrupted(folder / "last.pt", None)
+        exc.command = resume_command()
+        raise exc from None

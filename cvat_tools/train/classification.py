@@ -281,11 +281,11 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         batches.close()
 
 
-def test_line(test: dict | None, source: str) -> str:
+def held_out_line(test: dict | None, source: str, out: Path) -> str:
     """The held-out test scores, each metric named (a PBC source is also folded to its 8 folders)."""
     if test is None:
         return ("held-out test: its pixels are not in the pack; score it where the data is: "
-                "cvat-tools evaluate classifier --data PBC_DIR --bundle BUNDLE")
+                f"cvat-tools evaluate classifier --data PBC_DIR --bundle {out}")
     fine = test["fine"]
     line = (f"held-out test ({fine['n']} crops): macro-F1 {fine['macro_f1']:.3f}, "
             f"accuracy {fine['accuracy']:.3f}")
@@ -352,7 +352,7 @@ def _train(cfg: ClassifierConfig, run: Run, data: PreparedData, batches: BatchMa
         return cfg.out
     load_best(run, model, progress)
     test = score(model, data.crops["test"], labels, device)
-    print(test_line(test, data.info.get("source")))
+    print(held_out_line(test, data.info.get("source"), cfg.out))
     model.to("cpu")
     return save_bundle(
         cfg.out, "classifier", model.state_dict(), labels,

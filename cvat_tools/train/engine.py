@@ -28,18 +28,22 @@ FORMAT = 2  # last.pt layout; 1 (no "format" key) was each trainer's own
 
 
 class TrainingInterrupted(Interrupted):
-    """Ctrl-C during training: the checkpoint of the last whole epoch is kept."""
+    """Ctrl-C during training: the checkpoint of the last whole epoch is kept. ``done``: epochs
+    in ``last`` (None: not known here, e.g. Ctrl-C while the data was read or the bundle written)."""
 
-    def __init__(self, run: "Run", done: int, total: int):
-        self.run, self.done, self.total = run, done, total
+    def __init__(self, last: Path, done: int | None, total: int | None = None):
+        self.last, self.done, self.total = last, done, total
         self.command: str | None = None  # the --resume command line, filled in by the CLI
         super().__init__()
 
     def __str__(self) -> str:
-        if not self.done:
-            return "interrupted in epoch 1: no epoch finished, nothing to resume; start the command again"
+        if self.done == 0 or (self.done is None and not self.last.is_file()):
+            return ("interrupted before the first epoch finished: no checkpoint, nothing to resume; "
+                    "run the command again")
         how = self.command or "the same command with --resume"
-        return (f"interrupted in epoch {self.done + 1} of {self.total}; {self.run.last} holds epoch "
+        if self.done is None:
+            return f"interrupted; {self.last} holds the last finished epoch, continue with: {how}"
+        return (f"interrupted in epoch {self.done + 1} of {self.total}; {self.last} holds epoch "
                 f"{self.done}, continue with: {how}")
 
 
@@ -256,7 +260,7 @@ def fit(run: Run, model, optimizer, progress: Progress, epochs: int, train_epoch
             else:
                 progress.epoch = epoch
     except KeyboardInterrupt:
-        raise TrainingInterrupted(run, progress.epoch, epochs) from None
+        raise TrainingInterrupted(run.last, progress.epoch, epochs) from None
     barrier(run)
     return progress
 
