@@ -16,8 +16,9 @@ from cvat_tools.bundle import read_manifest
 
 from cli_run import run_cli
 
-# Losses of the runs below, recorded on main before the engine (commit a6714ef) with
-# /tmp/r-engine/repro.py (the same configs through the Python API; one CPU thread).
+# Losses of the runs below, recorded on main before the engine (commit a6714ef): the same
+# configs and data through the Python API, one CPU thread (the weights came out bit-identical
+# after the refactor too).
 MAIN_CLASSIFIER = [5.5338, 6.1838]  # mean loss of epochs 1, 2
 MAIN_REFINER = [(4.9373, 0.7059), (3.1965, 0.6059)]  # (cls_loss, domain_loss) of epochs 1, 2
 MAIN_SEGMENTER = [  # running losses of epochs 1, 2
