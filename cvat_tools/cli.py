@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import CvatToolsError
+from .errors import CvatToolsError, Interrupted
 
 # name -> "module:attribute" of a click command, under cvat_tools.commands
 COMMANDS = {
@@ -49,7 +49,8 @@ def cli():
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        code = cli.main(args=argv, prog_name="cvat-tools", standalone_mode=False)
+        args = list(sys.argv[1:] if argv is None else argv)  # kept for hints such as train's --resume
+        code = cli.main(args=args, prog_name="cvat-tools", standalone_mode=False, obj={"argv": args})
         if isinstance(code, int) and code:  # a command's ctx.exit(code) comes back as a value
             sys.exit(code)
     except click.exceptions.Abort:
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Interrupted as exc:  # Ctrl-C in training: the last checkpoint is kept, the message says how to go on
+        click.echo(f"{exc}", err=True)
+        sys.exit(130)
     except CvatToolsError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

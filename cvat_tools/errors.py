@@ -15,3 +15,7 @@ class ImageError(InputError):
 
 class BundleError(CvatToolsError):
     """A model bundle is missing, corrupt, or does not fit the label set."""
+
+
+class Interrupted(CvatToolsError):
+    """Ctrl-C during long work: the message says what was kept and how to continue (exit 130)."""

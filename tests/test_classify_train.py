@@ -38,7 +38,7 @@ def test_classifier_one_step_writes_a_usable_bundle(tiny_classifier):
     assert test_files and not test_files & train_files
     assert m["training"]["data"]["duplicates_dropped"] == 9 * 2
     assert "macro_f1" in json.dumps(m["metrics"])
-    assert (path.parent / (path.name + ".work") / "last.pt").is_file()
+    assert (path.parent / (path.name + ".ckpt") / "last.pt").is_file()
     clf = CellClassifier.from_bundle(path)
     crops = [np.full((50, 70, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 255, (20, 20, 3), np.uint8)]
     preds = clf.predict(crops)
@@ -83,7 +83,7 @@ def test_refiner_refuses_an_unknown_prior_before_training(tiny_classifier, tmp_p
                         epochs=1, max_steps=1, progress=False, prior="leukaemia")
     with pytest.raises(InputError, match="unknown prior"):
         train_refiner(cfg)
-    assert not (tmp_path / "ref").exists() and not (tmp_path / "ref.work").exists()
+    assert not (tmp_path / "ref").exists() and not (tmp_path / "ref.ckpt").exists()
 
 
 def test_refiner_refuses_target_without_images(tiny_classifier, tmp_path):
@@ -114,8 +114,9 @@ def test_classifier_init_fine_tunes_at_another_size_and_refuses_other_labels(tin
     bundle = load_bundle(out, kind="classifier")
     assert bundle.manifest["input_size"] == 48 and bundle.manifest["training"]["init"] == str(path)
     first = load_bundle(path, kind="classifier").manifest
-    provenance = bundle.manifest["training"]["init_bundle"]  # the earlier stage stays traceable
+    provenance = bundle.manifest["training"]["started_from"]  # the earlier stage stays traceable
     assert provenance["path"] == str(path) and provenance["training"]["size"] == first["input_size"]
+    assert provenance["kind"] == "classifier" and provenance["weights_sha256"] == first["weights"]["sha256"]
     assert provenance["training"]["history"] == first["training"]["history"]
     fewer = make_crops(tmp_path / "fewer", per_class=6, classes=L.SHARED_CLASSES)
     with pytest.raises(Exception, match="label set"):
@@ -192,7 +193,7 @@ def test_refiner_continues_from_a_refiner_with_information_maximization(tiny_cla
     first = train_refiner(RefinerConfig(out=tmp_path / "ref", **base))
     second = train_refiner(RefinerConfig(out=tmp_path / "ref_im", init=first, target_im=1.0, **base))
     m = load_bundle(second, kind="refiner").manifest
-    record = m["training"]["refiner_init"]  # the first stage stays traceable
+    record = m["training"]["started_from"]  # the first stage stays traceable
     assert record["path"] == str(first)
     assert record["weights_sha256"] == load_bundle(first).manifest["weights"]["sha256"]
     assert m["training"]["target_im"] == 1.0 and m["training"]["history"][0]["target_im_loss"] > 0

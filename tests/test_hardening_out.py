@@ -277,42 +277,44 @@ class _Planted:
 def test_a_planted_pickle_is_refused_and_not_run(tmp_path):
     import torch
 
-    from cvat_tools.train.classification import load_checkpoint
+    from cvat_tools.train.checkpoint import load_checkpoint
 
     flag = tmp_path / "ran"
     path = tmp_path / "last.pt"
     torch.save({"model": {}, "labels": ["a"], "size": 32, "x": _Planted(str(flag))}, path)
     with pytest.raises(InputError) as info:
-        load_checkpoint(path, ["a"], 32)
+        load_checkpoint(path)
     assert "refused" in str(info.value) and len(str(info.value).splitlines()) == 1
     assert not flag.exists()
 
 
 def test_a_checkpoint_round_trips_without_pickled_objects(tmp_path):
-    import math
-
     import numpy as np
     import torch
 
-    from cvat_tools.train.classification import load_checkpoint, save_checkpoint
+    from cvat_tools.train.engine import Progress, Run, fit, restore
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: math.cos(s / 10))
-    model(torch.ones(4, 3)).sum().backward()
-    optimizer.step()
-    schedule.step()
-    save_checkpoint(tmp_path / "w" / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
-                    schedule=schedule.state_dict(), epoch=1, best_f1=np.float64(0.5),
-                    history=[{"val_macro_f1": np.float32(0.25), "path": tmp_path}], labels=["a"], size=32)
-    ckpt = load_checkpoint(tmp_path / "w" / "last.pt", ["a"], 32)
-    fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
-    fresh.load_state_dict(ckpt["optimizer"])
-    assert ckpt["best_f1"] == 0.5 and ckpt["history"][0]["val_macro_f1"] == 0.25
-    assert torch.equal(ckpt["model"]["weight"], model.weight)
+    run = Run("train classifier", tmp_path / "b", tmp_path / "b.ckpt", resume=False)
+    progress = Progress()
+
+    def train_epoch(epoch):
+        model(torch.ones(4, 3)).sum().backward()
+        optimizer.step()
+        progress.step += 1
+        return {"loss": np.float32(0.25), "path": tmp_path}
+
+    fit(run, model, optimizer, progress, 1, train_epoch, lambda e: (np.float64(0.5), {"f1": np.float64(0.5)}),
+        {"labels": ["a"], "size": 32})
+    fresh_model, fresh = torch.nn.Linear(3, 2), torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    run.resume = True
+    back = restore(run, fresh_model, fresh, {"labels": ["a"], "size": 32})
+    assert back.best["score"] == 0.5 and back.history[0]["loss"] == 0.25 and back.epoch == 1 and back.step == 1
+    assert torch.equal(fresh_model.weight, model.weight)
     assert fresh.state_dict()["state"][0]["step"] == 1
     with pytest.raises(InputError, match="other labels"):
-        load_checkpoint(tmp_path / "w" / "last.pt", ["b"], 32)
+        restore(run, fresh_model, fresh, {"labels": ["b"], "size": 32})
 
 
 def test_a_truncated_checkpoint_is_one_line(tmp_path):
@@ -324,7 +326,7 @@ def test_a_truncated_checkpoint_is_one_line(tmp_path):
     assert len(str(info.value).splitlines()) == 1 and "cannot resume" in str(info.value)
 
 
-@pytest.mark.parametrize("command, work", [("train classifier", "b.work"), ("train segmenter", "b.ckpt")])
+@pytest.mark.parametrize("command, work", [("train classifier", "b.ckpt"), ("train segmenter", "b.ckpt")])
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, command, work):
     images = tmp_path / "in"
     _tiny_png(images / "neutrophil" / "a.png")
@@ -333,10 +335,18 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path, command, work):
 
 
 def test_a_foreign_work_folder_is_refused(tmp_path):
-    _user_folder(tmp_path / "b.work")
+    _user_folder(tmp_path / "b.ckpt")
     code, _, err = run_cli("train", "classifier", "--data", tmp_path, "--out", tmp_path / "b")
-    _one_line_error(code, err, "b.work", "nothing was changed")
-    assert sorted(os.listdir(tmp_path / "b.work")) == ["notes.txt"]
+    _one_line_error(code, err, "b.ckpt", "nothing was changed")
+    assert sorted(os.listdir(tmp_path / "b.ckpt")) == ["notes.txt"]
+
+
+def test_resume_from_a_run_folder_of_the_old_name_says_what_to_rename(tmp_path):
+    (tmp_path / "b.work").mkdir()
+    (tmp_path / "b.work" / "last.pt").write_bytes(b"old")
+    code, _, err = run_cli("train", "classifier", "--data", tmp_path, "--out", tmp_path / "b", "--resume")
+    _one_line_error(code, err, "rename", str(tmp_path / "b.work"), str(tmp_path / "b.ckpt"))
+    assert not (tmp_path / "b.ckpt").exists()
 
 
 # --- devices -----------------------------------------------------------------------------------

@@ -324,11 +324,12 @@ def test_training_reader_keeps_coco_file_names_inside_the_folder(tmp_path):
 
 
 def test_training_recipe_alias_bomb_is_refused(tmp_path):
-    from cvat_tools.commands.train_segmenter import _load_recipe
+    from cvat_tools.train.recipe import load_recipe
+    from cvat_tools.train.segmentation import SegTrainConfig
 
     bomb = tmp_path / "recipe.yaml"
     bomb.write_text(hostile._alias_bomb())
     start = time.monotonic()
     with pytest.raises(InputError, match="alias"):
-        _load_recipe(str(bomb))
+        load_recipe(bomb, SegTrainConfig)
     assert time.monotonic() - start < SECONDS

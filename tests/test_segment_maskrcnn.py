@@ -112,7 +112,8 @@ def test_train_loop_smoke(tmp_path):
     out = train_segmenter(cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "segmenter" and manifest["labels"] == LABELS
-    assert manifest["metrics"]["history"][0]["val"]["images"] == 2
+    assert manifest["training"]["history"][0]["val"]["images"] == 2
+    assert [h["epoch"] for h in manifest["training"]["history"]] == [1] and manifest["metrics"]["selected_epoch"] == 1
     assert (tmp_path / "bundle.ckpt" / "last.pt").is_file()
     # resume: a finished run has nothing left to do and rewrites the same bundle
     cfg.resume = True

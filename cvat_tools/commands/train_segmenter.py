@@ -1,29 +1,17 @@
 """``cvat-tools train segmenter``: train the Mask R-CNN WBC segmenter and write a bundle."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..devices import device_option
 from ..errors import InputError
-
-
-def _load_recipe(path: str | None) -> dict:
-    if not path:
-        return {}
-    from ..guarded import load_yaml
-
-    recipe = load_yaml(Path(path), f"{path} (recipe)") or {}
-    if not isinstance(recipe, dict):
-        raise InputError(f"{path}: a recipe is a YAML mapping of option: value")
-    return recipe
+from .train_recipe import recipe_options, train
 
 
 @click.command("segmenter")
-@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--data", "data", type=click.Path(exists=True, file_okay=False),
               help="training folder: a 'cvat-tools export' COCO folder or the BCCD folder")
-@click.option("--out", "out", required=True, type=click.Path(), help="bundle folder to write")
+@click.option("--out", "out", type=click.Path(), help="bundle folder to write")
 @click.option("--split", default=None, help="BCCD folder: the split to train on (train)")
 @click.option("--val", "val", default=None, type=click.Path(exists=True, file_okay=False),
               help="folder for model selection (a BCCD folder uses --val-split)")
@@ -31,7 +19,7 @@ def _load_recipe(path: str | None) -> dict:
 @click.option("--pseudo-labels", type=click.Path(exists=True, file_okay=False), default=None,
               help="PBC folder: add WBCs of its train split with classical masks (as mosaics)")
 @click.option("--mosaics", type=int, default=None, help="pseudo-label mosaics (4 cells each) per epoch")
-@click.option("--epochs", type=int, default=None)
+@click.option("--epochs", type=click.IntRange(1), default=None)
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False), default=None,
               help="fine-tune from this segmenter bundle (e.g. cvat_tools/weights/segmenter)")
 @click.option("--negatives", type=int, default=None, help="hard negatives (no WBC) per epoch")
@@ -45,25 +33,16 @@ def _load_recipe(path: str | None) -> dict:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-@click.option("--device", default=None, callback=device_option,
-              help="cpu, cuda or cuda:N")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML recipe (training/segmenter.yaml); command-line options override it")
-@click.option("--resume", is_flag=True, help="continue from <out>.ckpt/last.pt (an error when there is none)")
+@click.option("--device", default=None, callback=device_option, help="cpu, cuda or cuda:N")
+@recipe_options("training/segmenter_base.yaml")
 @click.option("--max-train-images", type=int, default=None, hidden=True)
 @click.option("--max-val-images", type=int, default=None, hidden=True)
-def segmenter(**options):
+def segmenter(config, **options):
     """Train the WBC segmenter (Mask R-CNN, EfficientNet-Lite + FPN) on COCO or BCCD data."""
+    from ..train.recipe import resolve
     from ..train.segmentation import SegTrainConfig, train_segmenter
 
-    if options.get("split") == "test" or options.get("val_split") == "test":
+    cfg = resolve(SegTrainConfig, config, options)
+    if cfg.split == "test" or cfg.val_split == "test":
         raise InputError("the test split is for the final score only: train on train, select on val")
-    recipe = _load_recipe(options.pop("config"))
-    known = set(SegTrainConfig.__dataclass_fields__)
-    unknown = set(recipe) - known
-    if unknown:
-        raise InputError(f"recipe has unknown fields {sorted(unknown)}; known: {sorted(known)}")
-    merged = {**recipe, **{k: v for k, v in options.items() if v not in (None, False)}}
-    if options["val"] and options["val_split"] is None and "val_split" not in recipe:
-        merged.pop("val_split", None)
-    train_segmenter(SegTrainConfig(**merged))
+    train(train_segmenter, cfg)

@@ -1,7 +1,7 @@
 """Training runs: the checks made before any work, and checkpoints that cannot run code.
 
-A run writes its bundle to ``--out`` and its checkpoints to a work folder beside it
-(``OUT.work`` or ``OUT.ckpt``). Both are checked up front (the --out policy of
+A run writes its bundle to ``--out`` and its checkpoints to the run folder beside it
+(``OUT.ckpt``; see engine.py). Both are checked up front (the --out policy of
 :mod:`cvat_tools.outdir`), and ``--resume`` without a checkpoint is an error, not a silent
 fresh start. Checkpoints hold only tensors and plain data (numbers, strings, lists, dicts),
 so they load with ``torch.load(weights_only=True)``: a pickle planted in the work folder is
@@ -52,7 +52,7 @@ def _check_work(work: Path, command: str) -> None:
                          "(nothing was changed)")
 
 
-def _plain(obj):
+def plain_data(obj):
     """numpy scalars/arrays and paths as the plain types weights_only loading accepts."""
     import numpy as np
     import torch
@@ -60,11 +60,11 @@ def _plain(obj):
     if isinstance(obj, dict):
         if all(torch.is_tensor(v) for v in obj.values()):
             return obj  # a state dict: kept as it is (its version metadata included)
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain_data(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_plain(v) for v in obj]
+        return [plain_data(v) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_plain(v) for v in obj)
+        return tuple(plain_data(v) for v in obj)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -86,7 +86,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
         work.mkdir(parents=True, exist_ok=True)
         write_marker(work, WORK)
     with atomic_path(path) as tmp:
-        torch.save(_plain(state), tmp)
+        torch.save(plain_data(state), tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -11,11 +11,9 @@ rank draws its own batches; only rank 0 evaluates and writes.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -32,6 +30,8 @@ from ..data import cells as D
 from ..errors import InputError
 from ..metrics.classification import classification_report
 from .augment import augment_batch
+from .engine import Run, Schedule, default_warmup, fit, load_best, restore, start_run, started_from, training_record, wrap
+from .engine import steps_per_epoch as engine_steps
 
 
 @dataclass
@@ -62,10 +62,8 @@ class ClassifierConfig:
     stain_random: float = 0.0  # probability of augment.stain_randomization (other labs' stains)
     packed: Path | None = None  # train from a pack (classification_pack) instead of --data/--pbc
     mask: str = "classical"  # PBC crops: classical centre-cell mask, or "segmenter" (Mask R-CNN)
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(str(self.out) + ".work")
+    warmup: int | None = None  # linear warm-up steps before the cosine; None: 5% of the steps, at most 100
+    recipe: Path | None = None  # the --config file these values came from (recorded)
 
 
 @dataclass
@@ -154,14 +152,6 @@ def balanced_indices(targets: np.ndarray, n: int, rng: np.random.Generator) -> n
 
 
 # --- model ----------------------------------------------------------------------------------
-
-def _distributed(device: str = "cpu") -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
-
 
 def batch_tensor(crops: np.ndarray, device: str = "cpu") -> torch.Tensor:
     """uint8 N x S x S x 3 -> the model's input on ``device`` (moved as uint8: 4x fewer bytes)."""
@@ -262,22 +252,7 @@ class BatchMaker:
             self.tmp = None
 
 
-# --- checkpoints ----------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, **state) -> None:
-    from .checkpoint import save_checkpoint as save
-    save(path, state)
-
-
-def load_checkpoint(path: Path, labels: list[str], size: int) -> dict:
-    """A run's last checkpoint (tensors and plain data only), refused when it was made for
-    other labels or input size."""
-    from .checkpoint import load_checkpoint as load
-    ckpt = load(path)
-    if ckpt.get("labels") != labels or ckpt.get("size") != size:
-        raise InputError(f"{path}: checkpoint was made for other labels or size; drop --resume")
-    return ckpt
-
+# --- the loop -------------------------------------------------------------------------------
 
 def init_from_bundle(model: nn.Module, path: Path, labels: list[str], backbone: str) -> None:
     """Start from a trained classifier (e.g. the 112-px one before a larger-size fine-tune:
@@ -291,41 +266,37 @@ def init_from_bundle(model: nn.Module, path: Path, labels: list[str], backbone: 
     model.load_state_dict(bundle.state_dict)
 
 
-def init_provenance(path: Path | None) -> dict | None:
-    """How the --init bundle was made (its recipe, history and scores), kept in the new bundle's
-    manifest: a multi-stage recipe (GPU run, then a finish here) stays traceable from one file."""
-    if path is None:
-        return None
-    from ..bundle import read_manifest
-
-    manifest = read_manifest(path)
-    return {"path": str(path), "training": manifest.get("training"), "metrics": manifest.get("metrics")}
-
-
-# --- the loop -------------------------------------------------------------------------------
-
 def train_classifier(cfg: ClassifierConfig) -> Path:
     from ..devices import validate_device
-    from .checkpoint import prepare_run
 
     torch.set_num_threads(cfg.threads)
-    cfg.device = validate_device(cfg.device)
-    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes --out and the work folder
-        prepare_run(cfg.out, cfg.work_dir, "train classifier", cfg.resume,
-                    inputs=[cfg.data, cfg.pbc, cfg.packed, cfg.init, cfg.cache])
+    run = start_run("train classifier", cfg.out, cfg.resume, device=validate_device(cfg.device),
+                    inputs=[cfg.data, cfg.pbc, cfg.packed, cfg.init, cfg.cache, cfg.recipe])
+    cfg.device = run.device
     data = prepare_data(cfg)
     batches = BatchMaker(data.crops["train"].images, cfg.workers, cfg.low_res, cfg.stain_random)
     try:
-        return _train(cfg, data, batches)
+        return _train(cfg, run, data, batches)
     finally:
         batches.close()
 
 
-def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Path:
-    device = cfg.device
-    rank, world = _distributed(device)
-    if device.startswith("cuda") and world > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+def held_out_line(test: dict | None, source: str, out: Path) -> str:
+    """The held-out test scores, each metric named (a PBC source is also folded to its 8 folders)."""
+    if test is None:
+        return ("held-out test: its pixels are not in the pack; score it where the data is: "
+                f"cvat-tools evaluate classifier --data PBC_DIR --bundle {out}")
+    fine = test["fine"]
+    line = (f"held-out test ({fine['n']} crops): macro-F1 {fine['macro_f1']:.3f}, "
+            f"accuracy {fine['accuracy']:.3f}")
+    if source == "pbc":
+        folded = test["pbc_folders"]
+        line += f"; folded to the 8 PBC folders: macro-F1 {folded['macro_f1']:.3f}, accuracy {folded['accuracy']:.3f}"
+    return line
+
+
+def _train(cfg: ClassifierConfig, run: Run, data: PreparedData, batches: BatchMaker) -> Path:
+    device = run.device
     torch.manual_seed(cfg.seed)
     labels = data.labels
     index = L.label_index(labels)
@@ -338,37 +309,26 @@ def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Pa
     model.to(device)
     if device != "cpu":
         model.to(memory_format=torch.channels_last)
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = wrap(model, run)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / (cfg.batch_size * world))
-    if cfg.max_steps:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+    steps_per_epoch = engine_steps(len(train_x), cfg.batch_size, run.world, cfg.max_steps)
     total = steps_per_epoch * cfg.epochs
-    warmup = min(100, max(total // 20, 1))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
-
-    work = cfg.work_dir
-    ckpt_path = work / "last.pt"
-    start_epoch, best_f1, best_state, history = 0, -1.0, None, []
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, labels, cfg.size)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        start_epoch, best_f1, best_state, history = ckpt["epoch"], ckpt["best_f1"], ckpt["best_state"], ckpt["history"]
-        print(f"resumed after epoch {start_epoch} (best val macro-F1 {best_f1:.4f})")
+    schedule = Schedule(optimizer, total, default_warmup(total) if cfg.warmup is None else cfg.warmup)
+    meta = {"labels": labels, "size": cfg.size}
+    progress = restore(run, model, optimizer, meta)
 
     from tqdm import tqdm
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-    for epoch in range(start_epoch, cfg.epochs):
+
+    def train_epoch(epoch: int) -> dict:
         net.train()
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        rng = np.random.default_rng([cfg.seed, epoch - 1, run.rank])
         picks = balanced_indices(train_y, steps_per_epoch * cfg.batch_size, rng)
         t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(batches.epoch(picks, cfg.batch_size, steps_per_epoch, (cfg.seed, epoch, rank)),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank)
+        bar = tqdm(batches.epoch(picks, cfg.batch_size, steps_per_epoch, (cfg.seed, epoch - 1, run.rank)),
+                   total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress or run.rank)
         for step, batch in enumerate(bar):
+            schedule.set(progress.step)
             idx = picks[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = batch_tensor(data.stain.after_augmentation(batch), device)
             y = torch.from_numpy(train_y[idx]).to(device)
@@ -377,31 +337,22 @@ def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Pa
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            progress.step += 1
             seen += len(idx)
             loss_sum += float(loss.detach()) * len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-        if rank == 0:
-            val = score(model, data.crops["val"], labels, device)
-            f1 = val["fine"]["macro_f1"]
-            history.append({"epoch": epoch + 1, "loss": round(loss_sum / max(seen, 1), 4), "val_macro_f1": f1,
-                            "val_accuracy": val["fine"]["accuracy"], "img_s": round(seen / (time.time() - t0), 1)})
-            print(json.dumps(history[-1]), flush=True)
-            if f1 > best_f1:
-                best_f1 = f1
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            schedule=schedule.state_dict(), epoch=epoch + 1, best_f1=best_f1,
-                            best_state=best_state, history=history, labels=labels, size=cfg.size)
-    if rank != 0:
+        return {"loss": round(loss_sum / max(seen, 1), 4), "img_s": round(seen / (time.time() - t0), 1)}
+
+    def evaluate(epoch: int):
+        val = score(model, data.crops["val"], labels, device)
+        return val["fine"]["macro_f1"], {"val_macro_f1": val["fine"]["macro_f1"], "val_accuracy": val["fine"]["accuracy"]}
+
+    fit(run, model, optimizer, progress, cfg.epochs, train_epoch, evaluate, meta, select="max")
+    if not run.main:
         return cfg.out
-    model.load_state_dict(best_state)
+    load_best(run, model, progress)
     test = score(model, data.crops["test"], labels, device)
-    if test is None:
-        print("held-out test: its pixels are not in the pack; score it where the data is: "
-              "cvat-tools evaluate classifier --data PBC_DIR --bundle", cfg.out)
-    else:
-        print("held-out test (fine):", test["fine"]["macro_f1"], " (8 PBC folders):", test["pbc_folders"]["macro_f1"])
+    print(held_out_line(test, data.info.get("source"), cfg.out))
     model.to("cpu")
     return save_bundle(
         cfg.out, "classifier", model.state_dict(), labels,
@@ -409,9 +360,8 @@ def _train(cfg: ClassifierConfig, data: PreparedData, batches: BatchMaker) -> Pa
         input_size=cfg.size,
         stain=data.stain.to_manifest(),
         normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
-        training={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                  "data": data.info, "history": history, "init_bundle": init_provenance(cfg.init)},
-        metrics={"val_macro_f1": best_f1, "test": test},
+        training=training_record(cfg, progress, started_from(cfg.init, "classifier"), data=data.info),
+        metrics={"val_macro_f1": progress.best["score"], "test": test},
         split={"seed": cfg.seed, "fractions": list(cfg.fractions), "root": str(data.root),
                "files": D.split_to_manifest(data.split, data.root)},
     )

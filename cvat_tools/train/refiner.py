@@ -17,10 +17,9 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,9 @@ from ..data import cells as D
 from ..errors import InputError
 from ..metrics.classification import classification_report
 from .augment import augment_batch
-from .classification import balanced_indices, load_checkpoint, predict_cache, save_checkpoint
+from .classification import balanced_indices, predict_cache
+from .engine import (Progress, Run, Schedule, default_warmup, fit, restore, start_run, started_from, steps_per_epoch,
+                     training_record)
 
 
 @dataclass
@@ -70,10 +71,10 @@ class RefinerConfig:
     pretrained: bool = True
     progress: bool = True
     labels: tuple[str, ...] = L.SHARED_CLASSES
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(str(self.out) + ".work")
+    label_smoothing: float = 0.1  # of the source cross-entropy
+    schedule: str = "constant"  # the lr: "constant" (the shipped recipe) or "cosine" (warm-up, then cosine)
+    warmup: int | None = None  # with "cosine": warm-up steps; None: 5% of the steps, at most 100
+    recipe: Path | None = None  # the --config file these values came from (recorded)
 
 
 @dataclass
@@ -118,10 +119,14 @@ def prepare_domains(cfg: RefinerConfig, classifier_manifest: dict | None) -> Dom
     if cfg.mask not in (None, "classical") and D.dataset_kind(cfg.source) != "pbc":
         raise InputError("--mask picks how PBC images are cut; crops from --source folders are used as given")
     split = _source_split(cfg, classifier_manifest)
-    missing = [lab for lab in cfg.labels if not any(s.label == lab for s in split["train"])]
+    present = [lab for lab in cfg.labels if any(s.label == lab for s in split["train"])]
+    missing = [lab for lab in cfg.labels if lab not in present]
+    if len(present) < 2:
+        raise InputError(f"{cfg.source}: source training crops of {present or 'no class'} only; the refiner "
+                         f"needs at least 2 of {list(cfg.labels)}")
     if missing:
-        raise InputError(f"{cfg.source}: no source training images for {missing}; the refiner needs all of "
-                         f"{list(cfg.labels)}")
+        print(f"source has no crops of {', '.join(missing)}: the label head keeps these classes (from the "
+              f"classifier) but trains on the other {len(present)}", flush=True)
     pbc_mode = D.dataset_kind(cfg.source) == "pbc"
     mask = source_mask(cfg, classifier_manifest)
     train = D.build_cache(split["train"], cfg.size, pbc_mode, cfg.cache, progress=cfg.progress, mask=mask)
@@ -152,7 +157,7 @@ def prepare_domains(cfg: RefinerConfig, classifier_manifest: dict | None) -> Dom
         val_images = val.images
     info = {"source": str(cfg.source), "source_train": int(len(train.images)),
             "source_train_counts": {lab: int((source_y == i).sum()) for lab, i in index.items()},
-            "labelled_target_crops": n_labelled_target, "targets": target_counts,
+            "labelled_target_crops": n_labelled_target, "targets": target_counts, "source_missing": missing,
             "crop_mask": train.info.get("mask")}
     labelled_target = np.arange(len(source_x)) >= len(train.images)
     return DomainData(source_x, source_y, val_images, val.labels, target_x, stain, labelled_target, info)
@@ -195,13 +200,25 @@ def im_loss(logits: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     return entropy + divergence
 
 
-def train_refiner(cfg: RefinerConfig) -> Path:
-    from .checkpoint import prepare_run
+def _check_init(cfg: RefinerConfig):
+    """The refiner bundle to continue from: refused now, not after the data is loaded."""
+    if cfg.init is None:
+        return None
+    start = load_bundle(cfg.init, kind="refiner", labels=list(cfg.labels))
+    wanted = "CDAN" if cfg.conditional else "DANN"
+    if start.architecture.get("model", "DANN") != wanted:
+        raise InputError(f"{cfg.init}: a {start.architecture.get('model', 'DANN')} refiner; this run trains a "
+                         f"{wanted} ({'drop' if cfg.conditional else 'add'} --conditional)")
+    if (start.architecture.get("backbone") != cfg.backbone
+            or int(start.manifest.get("input_size", 0)) != cfg.size):
+        raise InputError(f"{cfg.init}: refiner is {start.architecture.get('backbone')} at "
+                         f"{start.manifest.get('input_size')} px, this run {cfg.backbone} at {cfg.size} px")
+    return start
 
-    prepare_run(cfg.out, cfg.work_dir, "train refiner", cfg.resume,
-                inputs=[cfg.source, *cfg.targets, cfg.target_labels, cfg.classifier, cfg.init, cfg.cache])
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+
+def _setup(cfg: RefinerConfig):
+    """(classifier bundle, refiner bundle to continue from, decision prior): every refusal
+    that needs no data."""
     classifier = load_bundle(cfg.classifier, kind="classifier") if cfg.classifier else None
     if classifier is not None:
         missing = [lab for lab in cfg.labels if lab not in classifier.labels]
@@ -210,24 +227,22 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         cfg.size = cfg.size or int(classifier.manifest.get("input_size", 112))
         cfg.backbone = classifier.architecture.get("backbone", cfg.backbone)
     cfg.size = cfg.size or 112
+    if cfg.schedule not in ("constant", "cosine"):
+        raise InputError(f"schedule '{cfg.schedule}': use constant or cosine")
     try:  # refuse an unusable prior before any training
         prior = L.prior_weights(cfg.prior, cfg.labels)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    start = init_record = None  # a refiner to continue from: refused now, not after the data is loaded
-    if cfg.init is not None:
-        start = load_bundle(cfg.init, kind="refiner", labels=list(cfg.labels))
-        wanted = "CDAN" if cfg.conditional else "DANN"
-        if start.architecture.get("model", "DANN") != wanted:
-            raise InputError(f"{cfg.init}: a {start.architecture.get('model', 'DANN')} refiner; this run trains a "
-                             f"{wanted} ({'drop' if cfg.conditional else 'add'} --conditional)")
-        if (start.architecture.get("backbone") != cfg.backbone
-                or int(start.manifest.get("input_size", 0)) != cfg.size):
-            raise InputError(f"{cfg.init}: refiner is {start.architecture.get('backbone')} at "
-                             f"{start.manifest.get('input_size')} px, this run {cfg.backbone} at {cfg.size} px")
-        # the first stage's recipe, so a two-stage bundle still says how it was made
-        init_record = {"path": str(cfg.init), "weights_sha256": start.manifest["weights"].get("sha256"),
-                       "training": start.manifest.get("training")}
+    return classifier, _check_init(cfg), prior
+
+
+def train_refiner(cfg: RefinerConfig) -> Path:
+    run = start_run("train refiner", cfg.out, cfg.resume, distributed=False,
+                    inputs=[cfg.source, *cfg.targets, cfg.target_labels, cfg.classifier, cfg.init, cfg.cache,
+                            cfg.recipe])
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    classifier, start, prior = _setup(cfg)
     data = prepare_domains(cfg, classifier.manifest if classifier else None)
     labels = list(cfg.labels)
 
@@ -245,40 +260,62 @@ def train_refiner(cfg: RefinerConfig) -> Path:
         {"params": [*model.features.parameters(), *model.label_head.parameters()], "lr": cfg.lr},
         {"params": model.domain_head.parameters(), "lr": cfg.lr * cfg.domain_lr_mult},
     ])
-    steps_per_epoch = math.ceil(len(data.source_x) / cfg.batch_size)
-    if cfg.max_steps:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
-    total = steps_per_epoch * cfg.epochs
+    steps = steps_per_epoch(len(data.source_x), cfg.batch_size, max_steps=cfg.max_steps)
+    meta = {"labels": labels, "size": cfg.size}
+    progress = restore(run, model, optimizer, meta)
+    total = steps * cfg.epochs
+    schedule = None  # "constant": the lr as given
+    if cfg.schedule == "cosine":
+        schedule = Schedule(optimizer, total, default_warmup(total) if cfg.warmup is None else cfg.warmup)
+    train_epoch = _epoch_fn(cfg, run, model, optimizer, schedule, data, log_prior, steps, progress)
 
-    ckpt_path = cfg.work_dir / "last.pt"
-    start_epoch, history = 0, []
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, labels, cfg.size)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
-        print(f"resumed after epoch {start_epoch}")
+    def evaluate(epoch: int):
+        val_pred = [labels[i] for i in predict_cache(model, data.val_x).argmax(1)]
+        f1 = round(classification_report(data.val_y, val_pred, labels).macro_f1, 4)
+        return f1, {"pbc_val_macro_f1": f1}
 
+    fit(run, model, optimizer, progress, cfg.epochs, train_epoch, evaluate, meta, select="last")
+    # the refiner's weights start from --init when given (over the classifier's), else from the classifier
+    start_from = started_from(cfg.init, "refiner") if cfg.init else started_from(cfg.classifier, "classifier")
+    return save_bundle(
+        cfg.out, "refiner", model.state_dict(), labels,
+        architecture={"backbone": cfg.backbone, "model": "CDAN" if cfg.conditional else "DANN",
+                      "domain_hidden": 256, "framework": "timm"},
+        input_size=cfg.size,
+        stain=data.stain.to_manifest(),
+        decision_prior={"name": cfg.prior, "weights": prior},
+        normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
+        training=training_record(cfg, progress, start_from, data=data.info),
+        metrics={"pbc_val_macro_f1": progress.history[-1]["pbc_val_macro_f1"] if progress.history else None},
+    )
+
+
+def _epoch_fn(cfg: RefinerConfig, run: Run, model, optimizer, schedule, data: DomainData, log_prior,
+              steps: int, progress: Progress):
+    """One epoch of DANN steps: equal source and target batches, both augmented."""
     from tqdm import tqdm
+
     domain = torch.cat([torch.zeros(cfg.batch_size), torch.ones(cfg.batch_size)])
-    for epoch in range(start_epoch, cfg.epochs):
+    total = steps * cfg.epochs
+
+    def train_epoch(epoch: int) -> dict:
         model.train()
-        rng = np.random.default_rng([cfg.seed, epoch])
-        src = source_draws(data.source_y, data.labelled_target, steps_per_epoch * cfg.batch_size,
-                           cfg.target_label_share, rng)
-        tgt = rng.choice(len(data.target_x), size=steps_per_epoch * cfg.batch_size, replace=True)
+        rng = np.random.default_rng([cfg.seed, epoch - 1])
+        src = source_draws(data.source_y, data.labelled_target, steps * cfg.batch_size, cfg.target_label_share, rng)
+        tgt = rng.choice(len(data.target_x), size=steps * cfg.batch_size, replace=True)
         t0, sums = time.time(), {"cls": 0.0, "dom": 0.0, "dom_acc": 0.0, "im": 0.0}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress)
         for step in bar:
-            lam = grl_lambda((epoch * steps_per_epoch + step) / max(total, 1))
+            if schedule is not None:
+                schedule.set(progress.step)
+            lam = grl_lambda(((epoch - 1) * steps + step) / max(total, 1))
             s_idx = src[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             t_idx = tgt[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             batch = np.concatenate([augment_batch(data.source_x[s_idx], rng, cfg.low_res, cfg.stain_random),
                                     augment_batch(data.target_x[t_idx], rng)])
-            batch = data.stain.after_augmentation(batch)
-            logits, dom_logits = model(to_tensor(batch), lam * cfg.domain_weight)
+            logits, dom_logits = model(to_tensor(data.stain.after_augmentation(batch)), lam * cfg.domain_weight)
             cls_loss = F.cross_entropy(logits[:cfg.batch_size], torch.from_numpy(data.source_y[s_idx]),
-                                       label_smoothing=0.1)
+                                       label_smoothing=cfg.label_smoothing)
             dom_loss = F.binary_cross_entropy_with_logits(dom_logits, domain)
             loss = cls_loss + dom_loss
             if cfg.target_im > 0:
@@ -288,34 +325,15 @@ def train_refiner(cfg: RefinerConfig) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            progress.step += 1
             sums["cls"] += float(cls_loss.detach())
             sums["dom"] += float(dom_loss.detach())
             sums["dom_acc"] += float(((dom_logits > 0).float() == domain).float().mean())
             bar.set_postfix(cls=f"{sums['cls'] / (step + 1):.3f}", dom=f"{sums['dom'] / (step + 1):.3f}",
                             lam=f"{lam:.2f}", **({"im": f"{sums['im'] / (step + 1):.3f}"} if cfg.target_im > 0 else {}))
-        val_pred = [labels[i] for i in predict_cache(model, data.val_x).argmax(1)]
-        val = classification_report(data.val_y, val_pred, labels)
-        n = steps_per_epoch
-        history.append({"epoch": epoch + 1, "cls_loss": round(sums["cls"] / n, 4), "domain_loss": round(sums["dom"] / n, 4),
-                        **({"target_im_loss": round(sums["im"] / n, 4)} if cfg.target_im > 0 else {}),
-                        "domain_accuracy": round(sums["dom_acc"] / n, 4), "lambda": round(lam, 3),
-                        "pbc_val_macro_f1": round(val.macro_f1, 4),
-                        "img_s": round(2 * n * cfg.batch_size / (time.time() - t0), 1)})
-        print(json.dumps(history[-1]), flush=True)
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                        history=history, labels=labels, size=cfg.size)
-    return save_bundle(
-        cfg.out, "refiner", model.state_dict(), labels,
-        architecture={"backbone": cfg.backbone, "model": "CDAN" if cfg.conditional else "DANN",
-                      "domain_hidden": 256, "framework": "timm"},
-        input_size=cfg.size,
-        stain=data.stain.to_manifest(),
-        decision_prior={"name": cfg.prior, "weights": prior},
-        normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "input": "RGB crops.cell_crop, resized square"},
-        training={**{k: ([str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
-                     for k, v in asdict(cfg).items()},
-                  "data": data.info, "history": history,
-                  "classifier_init": str(cfg.classifier) if cfg.classifier else None,
-                  "refiner_init": init_record},
-        metrics={"pbc_val_macro_f1": history[-1]["pbc_val_macro_f1"] if history else None},
-    )
+        n = steps
+        return {"cls_loss": round(sums["cls"] / n, 4), "domain_loss": round(sums["dom"] / n, 4),
+                **({"target_im_loss": round(sums["im"] / n, 4)} if cfg.target_im > 0 else {}),
+                "domain_accuracy": round(sums["dom_acc"] / n, 4), "lambda": round(lam, 3),
+                "img_s": round(2 * n * cfg.batch_size / (time.time() - t0), 1)}
+    return train_epoch

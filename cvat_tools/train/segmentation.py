@@ -5,15 +5,14 @@
     per-epoch checkpoint + validation (mask AP on a held-out split) -> best epoch as bundle.
 
 Runs as a plain process or under ``torchrun`` (DDP: gloo on CPU, nccl on GPU), chosen by the
-environment variables torchrun sets. ``resume`` continues from the last checkpoint.
+environment variables torchrun sets. The run folder, checkpoints, --resume, schedule and
+history are the engine's (train/engine.py); this module holds the data and the step.
 """
 from __future__ import annotations
 
-import math
-import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..bundle import save_bundle
 from ..data.fields import SegSample, pbc_platelet_samples, pbc_pseudo_samples, read_samples
 from ..metrics.segmentation import SegmentationScores
 from ..segment.maskrcnn import DEFAULT_ARCHITECTURE, LABELS, MaskRCNNSegmenter, build_model
+from .engine import Schedule, fit, load_best, restore, start_run, started_from, training_record, unwrap, wrap
 from .segmentation_data import InstanceDataset, collate, val_negatives
 
 
@@ -39,7 +39,7 @@ class SegTrainConfig:
     architecture: str = "maskrcnn"
     long_side: int = 384
     balance: bool = True                # white-balance the slide background (train and inference)
-    epochs: int = 12
+    epochs: int = 8                     # training/segmenter_base.yaml, the base recipe
     head_epochs: int = 1                # backbone frozen for the first epochs (thesis)
     batch_size: int = 2
     lr: float = 0.01
@@ -65,25 +65,7 @@ class SegTrainConfig:
     pretrained: bool = True
     device: str = "cpu"
     checkpoint_dir: str | None = None   # default: <out>.ckpt beside the bundle
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed (only when torchrun set the variables)
-
-
-def _dist_setup(device: str) -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+    recipe: str | None = None           # the --config file these values came from (recorded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +77,14 @@ def evaluate_model(model, samples: list[SegSample], long_side: int, device: str 
                    balance: bool = False) -> dict[str, float]:
     from ..imaging import load_image
 
-    segmenter = MaskRCNNSegmenter(_unwrap(model), long_side=long_side, device=device, balance=balance)
+    segmenter = MaskRCNNSegmenter(unwrap(model), long_side=long_side, device=device, balance=balance)
     scores = SegmentationScores()
     for sample in samples:
         image = load_image(sample.image)
         h, w = image.shape[:2]
         dets = segmenter.segment(image, threshold=0.05)
         scores.add([d.full_mask(h, w) for d in dets], [d.score for d in dets], sample.load_masks())
-    _unwrap(model).train()
+    unwrap(model).train()
     return scores.summary()
 
 
@@ -110,9 +92,9 @@ def evaluate_model(model, samples: list[SegSample], long_side: int, device: str 
 def count_false_cells(model, images: list[np.ndarray], long_side: int, device: str = "cpu",
                       balance: bool = False, threshold: float = 0.5) -> dict[str, float]:
     """WBCs found (score >= ``threshold``) on images that hold none."""
-    segmenter = MaskRCNNSegmenter(_unwrap(model), long_side=long_side, device=device, balance=balance)
+    segmenter = MaskRCNNSegmenter(unwrap(model), long_side=long_side, device=device, balance=balance)
     counts = [len(segmenter.segment(image, threshold=threshold)) for image in images]
-    _unwrap(model).train()
+    unwrap(model).train()
     return {"images": len(images), "wbcs": int(sum(counts)),
             "share_with_wbc": float(np.mean([c > 0 for c in counts])) if counts else 0.0}
 
@@ -128,7 +110,7 @@ def load_init(model, path: str, arch: dict[str, Any]) -> str:
     ours = {k: arch.get(k) for k in theirs}
     if theirs != ours:
         raise InputError(f"--init {path}: architecture {theirs} differs from this recipe's {ours}")
-    _unwrap(model).load_state_dict(bundle.state_dict)
+    unwrap(model).load_state_dict(bundle.state_dict)
     return bundle.manifest["weights"]["sha256"]
 
 
@@ -137,35 +119,14 @@ def load_init(model, path: str, arch: dict[str, Any]) -> str:
 
 
 def _set_backbone_trainable(model, trainable: bool) -> None:
-    body = getattr(_unwrap(model).backbone, "body", None)
+    body = getattr(unwrap(model).backbone, "body", None)
     if body is not None:
         for p in body.parameters():
             p.requires_grad_(trainable)
 
 
-def _lr_at(it: int, total: int, cfg: SegTrainConfig) -> float:
-    if it < cfg.warmup_iters:
-        return cfg.lr * (0.001 + 0.999 * it / cfg.warmup_iters)
-    progress = (it - cfg.warmup_iters) / max(total - cfg.warmup_iters, 1)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def train_segmenter(cfg: SegTrainConfig) -> Path:
-    """Train and write the best epoch's bundle to ``cfg.out``; returns its path."""
-    from ..devices import validate_device
-    from .checkpoint import load_checkpoint, prepare_run, save_checkpoint
-
-    cfg.device = validate_device(cfg.device)
-    ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
-    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes --out and the work folder
-        prepare_run(Path(cfg.out), ckpt_dir, "train segmenter", cfg.resume,
-                    inputs=[cfg.data, cfg.val, cfg.pseudo_labels])
-    torch.set_num_threads(cfg.threads)
-    rank, world = _dist_setup(cfg.device)
-    random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed + rank)
-
+def _data(cfg: SegTrainConfig, rank: int):
+    """(training set, validation fields, no-WBC validation images)."""
     train_samples = read_samples(cfg.data, cfg.split)
     if cfg.max_train_images:
         train_samples = train_samples[: cfg.max_train_images]
@@ -190,103 +151,95 @@ def train_segmenter(cfg: SegTrainConfig) -> Path:
                                 zoomed_cells=cfg.zoomed_cells if cfg.pseudo_labels else 0,
                                 negatives=cfg.negatives, platelet_pool=platelets, gray=cfg.gray)
     val_neg = val_negatives(val_samples, cfg.long_side, cfg.val_negatives, seed=cfg.seed) if cfg.val_negatives else []
+    return train_set, val_samples, val_neg
 
+
+def _step(model, optimizer, params, images, targets, device: str, step: int) -> dict:
+    images = [im.to(device) for im in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at iteration {step}; lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 10.0)
+    optimizer.step()
+    return losses
+
+
+def train_segmenter(cfg: SegTrainConfig) -> Path:
+    """Train and write the best epoch's bundle to ``cfg.out``; returns its path."""
+    from ..devices import validate_device
+
+    run = start_run("train segmenter", cfg.out, cfg.resume, inputs=[cfg.data, cfg.val, cfg.pseudo_labels],
+                    device=validate_device(cfg.device), folder=cfg.checkpoint_dir)
+    cfg.device = run.device
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed + run.rank)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + run.rank)
+    train_set, val_samples, val_neg = _data(cfg, run.rank)
     sampler = None
-    if world > 1:
+    if run.world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-        collate_fn=collate, num_workers=0,
-    )
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
+                                         sampler=sampler, collate_fn=collate, num_workers=0)
 
     arch = {**DEFAULT_ARCHITECTURE, "name": cfg.architecture, "backbone": cfg.backbone,
             "long_side": cfg.long_side, "balance": cfg.balance}
     model = build_model(arch, pretrained=cfg.pretrained and not cfg.init)
-    init_sha256 = None
     if cfg.init:
-        init_sha256 = load_init(model, cfg.init, arch)
-        if rank == 0:
+        load_init(model, cfg.init, arch)
+        if run.main:
             print(f"initialized from {cfg.init}")
-    model = model.to(cfg.device)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    model = wrap(model.to(cfg.device), run, find_unused_parameters=True)
     params = [p for p in model.parameters()]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = Schedule(optimizer, cfg.epochs * len(loader), cfg.warmup_iters, start=0.001)
+    meta = {"architecture": arch}
+    progress = restore(run, model, optimizer, meta)
 
-    last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    start_epoch, it, best = 0, 0, {"score": -1.0, "epoch": -1, "metrics": {}}
-    if cfg.resume:
-        state = load_checkpoint(last)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, it, best = state["epoch"] + 1, state["iteration"], state["best"]
-        if rank == 0:
-            print(f"resumed from {last} at epoch {start_epoch}")
-
-    total = cfg.epochs * len(loader)
-    history = list(best.get("history", []))
-    for epoch in range(start_epoch, cfg.epochs):
+    def train_epoch(epoch: int) -> dict:
         if sampler is not None:
-            sampler.set_epoch(epoch)
-        _set_backbone_trainable(model, epoch >= cfg.head_epochs)
+            sampler.set_epoch(epoch - 1)
+        _set_backbone_trainable(model, epoch - 1 >= cfg.head_epochs)
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not run.main, dynamic_ncols=True)
         t0, running = time.time(), {}
         for images, targets in bar:
-            lr = _lr_at(it, total, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = [im.to(cfg.device) for im in images]
-            targets = [{k: v.to(cfg.device) for k, v in t.items()} for t in targets]
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            optimizer.step()
-            it += 1
+            lr = schedule.set(progress.step)
+            losses = _step(model, optimizer, params, images, targets, cfg.device, progress.step)
+            progress.step += 1
             for k, v in losses.items():
                 running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
             bar.set_postfix(loss=f"{sum(running.values()):.3f}", mask=f"{running['loss_mask']:.3f}", lr=f"{lr:.4f}")
-        if rank == 0:
-            record = {"epoch": epoch, "seconds": round(time.time() - t0, 1), "losses": {k: round(v, 4) for k, v in running.items()}}
-            if val_samples:
-                metrics = evaluate_model(model, val_samples, cfg.long_side, cfg.device, cfg.balance)
-                record["val"] = metrics
-                score = metrics["mask_AP"] + metrics["mean_dice"]
-                if val_neg:
-                    record["val_negatives"] = count_false_cells(model, val_neg, cfg.long_side, cfg.device, cfg.balance)
-                    score -= cfg.negative_weight * record["val_negatives"]["share_with_wbc"]
-            else:
-                score = float(epoch)  # no validation: keep the last epoch
-            print(f"epoch {epoch + 1}: {record}", flush=True)
-            history.append(record)
-            if score >= best["score"]:
-                best = {"score": score, "epoch": epoch, "metrics": record.get("val", {}),
-                        "negatives": record.get("val_negatives")}
-                save_checkpoint(best_path, _unwrap(model).state_dict())
-            best["history"] = history
-            save_checkpoint(last, {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                   "epoch": epoch, "iteration": it, "best": best})
-    if world > 1:
-        import torch.distributed as dist
+        return {"seconds": round(time.time() - t0, 1), "losses": {k: round(v, 4) for k, v in running.items()}}
 
-        dist.barrier()
-    if rank == 0:
-        state = torch.load(best_path, map_location="cpu", weights_only=True)
+    def evaluate(epoch: int):
+        if not val_samples:
+            return float(epoch), {}  # no validation: keep the last epoch
+        fields = {"val": evaluate_model(model, val_samples, cfg.long_side, cfg.device, cfg.balance)}
+        score = fields["val"]["mask_AP"] + fields["val"]["mean_dice"]
+        if val_neg:
+            fields["val_negatives"] = count_false_cells(model, val_neg, cfg.long_side, cfg.device, cfg.balance)
+            score -= cfg.negative_weight * fields["val_negatives"]["share_with_wbc"]
+        return score, fields
+
+    fit(run, model, optimizer, progress, cfg.epochs, train_epoch, evaluate, meta, select="max_or_equal")
+    if run.main:
+        load_best(run, model, progress)
+        best = progress.best
         save_bundle(
-            cfg.out, kind="segmenter", state_dict=state, labels=LABELS, architecture=arch,
+            cfg.out, kind="segmenter", state_dict=unwrap(model).state_dict(), labels=LABELS, architecture=arch,
             input_size=cfg.long_side,
             normalization={"mean": [0.5] * 3, "std": [0.5] * 3, "range": "RGB 0-1"},
-            training={**{k: v for k, v in asdict(cfg).items() if k not in ("out", "checkpoint_dir")},
-                      **({"init_sha256": init_sha256} if cfg.init else {})},
-            metrics={"selected_epoch": best["epoch"] + 1, "val": best["metrics"],
-                     **({"val_negatives": best["negatives"]} if best.get("negatives") else {}),
-                     "history": history},
+            training=training_record(cfg, progress, started_from(cfg.init, "segmenter")),
+            metrics={"selected_epoch": best["epoch"], "val": best["metrics"].get("val", {}),
+                     **({"val_negatives": best["metrics"]["val_negatives"]} if best["metrics"].get("val_negatives")
+                        else {})},
         )
-        print(f"wrote {cfg.out} (epoch {best['epoch'] + 1} of {cfg.epochs})")
+        print(f"wrote {cfg.out} (epoch {best['epoch']} of {cfg.epochs})")
     return Path(cfg.out)
