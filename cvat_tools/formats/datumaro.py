@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..guarded import load_json
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
-from .coco import MAX_JSON_BYTES, MAX_TOTAL_MASK_PIXELS
+from .coco import MAX_JSON_BYTES, MAX_TOTAL_MASK_PIXELS, attribute_text, to_flag
 from .labelspecs import has_details, spec_from_json, spec_to_json
 from .safe_names import shown
 
@@ -316,7 +316,7 @@ def _read_annotation(ann: dict, where: str, image: ImageAnnotation, dataset: Dat
     if not isinstance(attrs, dict):
         raise InputError(f"{where}: 'attributes' must be an object")
     attrs = dict(attrs)
-    occluded = _flag(attrs.pop("occluded", False), "occluded", where)
+    occluded = to_flag(attrs.pop("occluded", False), "occluded", where)
     if _number(attrs.pop("rotation", 0.0) or 0.0, "rotation", where) != 0:
         dataset.skipped.append({"image": image.name, "label": label,
                                 "reason": "rotated box read without its rotation"})
@@ -332,35 +332,9 @@ def _read_annotation(ann: dict, where: str, image: ImageAnnotation, dataset: Dat
     return Instance(
         label=label, geometry=geometry,
         score=None if score is None else _number(score, "score", where),
-        attributes={str(k): _attribute_text(v, str(k), where) for k, v in attrs.items()},
+        attributes={str(k): attribute_text(v, str(k), where) for k, v in attrs.items()},
         occluded=occluded,
         z_order=_whole(ann.get("z_order", 0) or 0, "z_order", where),
         group=group or None,
         source=source.lower() if isinstance(source, str) and source.lower() in _SOURCES else "manual",
     )
-
-
-def _flag(value: object, what: str, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", ""):
-        return value.strip().lower() in ("true", "1")
-    raise InputError(f"{where}: {what} must be true or false, not {shown(value, 40)}")
-
-
-def _attribute_text(value: object, key: str, where: str) -> str:
-    """CVAT attribute values are text; datumaro stores numbers and checkboxes typed."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"  # CVAT's checkbox values
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else repr(value)
-    if value is None:
-        return ""
-    raise InputError(f"{where}: attribute {shown(key, 40)} must be text, a number or true/false, "
-                     f"not {type(value).__name__}")
