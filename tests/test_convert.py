@@ -70,6 +70,9 @@ def test_every_real_xml_file_round_trips_exactly_through_the_cli(cvat_xml_dir, t
         _convert(middle, "--to", "cvat", "--out", back)
         original, again = read_cvat_xml(path), read_cvat_xml(back / "annotations.xml")
         assert_same(original, again)
+        _convert(path, "--to", "cvat", "--out", tmp_path / f"{path.stem}_direct")
+        assert (back / "annotations.xml").read_bytes() == \
+               (tmp_path / f"{path.stem}_direct" / "annotations.xml").read_bytes()
         polygons += sum(len(im.instances) for im in again.images)
         images += len(again.images)
     assert (polygons, images) == (REAL_POLYGONS, REAL_IMAGES)
