@@ -77,8 +77,7 @@ def merge(datasets: list[Dataset]) -> Dataset:
         merged.labels.extend(spec for spec in ds.labels if spec.name not in known)
     if merged.labels:  # an input that declares none: its labels join the declared ones
         known = {spec.name for spec in merged.labels}
-        used = [i.label for im in merged.images for i in im.instances]
-        merged.labels.extend(LabelSpec(name) for name in dict.fromkeys(used) if name not in known)
+        merged.labels.extend(LabelSpec(n) for n in merged.all_label_names() if n not in known)
     ids = [im.id for im in merged.images]
     if None in ids or len(set(ids)) != len(ids):
         for index, image in enumerate(merged.images):

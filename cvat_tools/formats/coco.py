@@ -85,11 +85,7 @@ def instance_to_coco(inst: Instance, image: ImageAnnotation, ann_id: int, catego
 
 def to_coco(dataset: Dataset) -> dict:
     """The COCO instances dict of a dataset (image ids 1..n unless the images carry ids)."""
-    names = dataset.label_names()
-    for image in dataset.images:  # labels used but not declared still get a category
-        for inst in image.instances:
-            if inst.label not in names:
-                names.append(inst.label)
+    names = dataset.all_label_names()
     category = {name: i + 1 for i, name in enumerate(names)}
     declared = {spec.name: spec for spec in dataset.labels if has_details(spec)}
     out = {

@@ -99,11 +99,7 @@ def _annotation(inst: Instance, image: ImageAnnotation, ann_id: int, label_id: i
 
 def to_datumaro(dataset: Dataset) -> dict:
     """The Datumaro 1.0 JSON document (one subset) of a dataset."""
-    names = dataset.label_names()
-    for image in dataset.images:  # labels used but not declared still get a category
-        for inst in image.instances:
-            if inst.label not in names:
-                names.append(inst.label)
+    names = dataset.all_label_names()
     label_id = {name: k for k, name in enumerate(names)}
     declared = {spec.name: spec for spec in dataset.labels}
     labels = []

@@ -163,11 +163,7 @@ def write_yolo(dataset: Dataset, folder: str | Path, images_dir: str | Path | No
     under ``images_dir``); ``train.txt`` lists only the images written, never a path that does
     not exist (Ultralytics would fail on it). Without images it is empty and the labels
     stand alone (CVAT's YOLO import reads its item list from train.txt: give the images)."""
-    names = dataset.label_names()
-    for image in dataset.images:
-        for inst in image.instances:
-            if inst.label not in names:
-                names.append(inst.label)
+    names = dataset.all_label_names()
     index = {n: i for i, n in enumerate(names)}
     sources = _image_index(Path(images_dir)) if images_dir else {}
     image_files = image_files or {}
