@@ -257,3 +257,13 @@ def test_malformed_datumaro_is_one_clear_line(tmp_path, mutate, expected):
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}"), stderr
     assert expected in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_yolo_keeps_two_images_of_the_same_base_name_apart(tmp_path):
+    ds = Dataset(images=[ImageAnnotation(f"{folder}/a.png", 10, 10, [Instance(label, Polygon([(1, 1), (8, 1), (8, 8)]))])
+                         for folder, label in (("left", "monocyte"), ("right", "lymphocyte"))])
+    (tmp_path / "t.xml").write_bytes(to_cvat_xml(ds))
+    _convert(tmp_path / "t.xml", "--to", "yolo", "--out", tmp_path / "y")
+    labels = {p.name: p.read_text().split()[0] for p in (tmp_path / "y" / "labels" / "train").iterdir()}
+    names = yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["names"]
+    assert {n: names[int(c)] for n, c in labels.items()} == {"left__a.txt": "monocyte", "right__a.txt": "lymphocyte"}

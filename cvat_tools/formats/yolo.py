@@ -23,7 +23,7 @@ from ..guarded import load_yaml
 from ..imaging import IMAGE_SUFFIXES, image_size
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
-from .safe_names import safe_relative
+from .safe_names import safe_relative, unique_file_names
 
 SUBSET = "train"
 MAX_LABEL_BYTES = 64 * 2**20  # one image's label lines; a field's cells take a few hundred KB
@@ -171,11 +171,12 @@ def write_yolo(dataset: Dataset, folder: str | Path, images_dir: str | Path | No
         (tmp / "labels" / SUBSET).mkdir(parents=True)
         (tmp / "images" / SUBSET).mkdir(parents=True)
         listed = []
-        for image in dataset.images:
-            name = safe_relative(image.name).name  # never a path outside the folder
+        # flat names with distinct stems: sub/a.png and other/a.png must not share labels/a.txt
+        flat = unique_file_names([image.name for image in dataset.images])
+        for image, name in zip(dataset.images, flat):
             stem = Path(name).stem
             (tmp / "labels" / SUBSET / f"{stem}.txt").write_text("".join(_label_lines(image, index, dataset)))
-            source = image_files.get(image.name) or sources.get(stem)
+            source = image_files.get(image.name) or sources.get(Path(safe_relative(image.name).name).stem)
             if source is not None:
                 shutil.copy2(source, tmp / "images" / SUBSET / name)
                 listed.append(f"images/{SUBSET}/{name}")
