@@ -267,3 +267,20 @@ def test_yolo_keeps_two_images_of_the_same_base_name_apart(tmp_path):
     labels = {p.name: p.read_text().split()[0] for p in (tmp_path / "y" / "labels" / "train").iterdir()}
     names = yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["names"]
     assert {n: names[int(c)] for n, c in labels.items()} == {"left__a.txt": "monocyte", "right__a.txt": "lymphocyte"}
+
+
+def test_scores_are_kept_by_datumaro_and_their_loss_in_cvat_xml_is_said(tmp_path):
+    from cvat_tools.formats import detect_format
+
+    ann = {"id": 0, "type": "polygon", "label_id": 0, "points": [1, 1, 6, 1, 6, 6],
+           "attributes": {"occluded": False, "score": 0.75, "source": "auto"}}
+    path = tmp_path / "predicted.json"
+    path.write_text(json.dumps(hostile.datumaro_doc([ann])))
+    assert detect_format(path) == ("datumaro", path)
+    stderr = _convert(path, "--to", "cvat", "--out", tmp_path / "xml")
+    assert "warning: cvat cannot hold: score (1 shape)" in stderr
+    assert _convert(path, "--to", "datumaro", "--out", tmp_path / "dm") == ""
+    doc = json.loads((tmp_path / "dm" / "annotations" / "default.json").read_text())
+    assert doc["items"][0]["annotations"][0]["attributes"] == {"occluded": False, "source": "auto", "score": 0.75}
+    stderr = _convert(path, "--to", "json", "--out", tmp_path / "thesis")
+    assert "cannot hold: source (1 shape)" in stderr and "score" not in stderr
