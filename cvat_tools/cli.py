@@ -13,6 +13,7 @@ from .errors import CvatToolsError, Interrupted
 # name -> "module:attribute" of a click command, under cvat_tools.commands
 COMMANDS = {
     "export": "export:export",
+    "convert": "convert:convert",
     "crop": "crop:crop",
     "train": "train:train",
     "evaluate": "evaluate:evaluate",

@@ -207,6 +207,54 @@ def nul_in_image_name(root: Path) -> list:
     return [_coco(root, doc), "--images", _images(root)]
 
 
+def datumaro_doc(annotations: list[dict], size=(8, 8), labels=("neutrophil",)) -> dict:
+    """A Datumaro 1.0 document (CVAT's layout) with one 8x8 image ``a.png``."""
+    return {"info": {}, "categories": {"label": {"labels": [{"name": n, "parent": "", "attributes": []}
+                                                            for n in labels], "attributes": ["occluded"]}},
+            "items": [{"id": "a", "attr": {"frame": 0}, "image": {"path": "a.png", "size": list(size)},
+                       "annotations": annotations}]}
+
+
+def _datumaro(root: Path, doc: dict | str) -> Path:
+    path = root / "export" / "annotations" / "default.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def _dm_mask(counts, size=(8, 8)) -> dict:
+    return {"id": 0, "type": "mask", "label_id": 0, "group": 0, "z_order": 0, "attributes": {},
+            "rle": {"counts": counts, "size": list(size)}}
+
+
+def datumaro_rle_quadratic(root: Path) -> list:
+    """640 KB of continuation characters in a Datumaro mask's COCO RLE."""
+    return [_datumaro(root, datumaro_doc([_dm_mask("o" * (640 * 1024) + "0")])), "--images", _images(root)]
+
+
+def datumaro_rle_many_masks(root: Path) -> list:
+    """2000 full-image masks of a 64 MP image: 128 GB if decoded whole."""
+    doc = datumaro_doc([_dm_mask([0, 64_000_000], (8000, 8000))] * 2000, size=(8000, 8000))
+    return [_datumaro(root, doc), "--images", _images(root)]
+
+
+def datumaro_rle_past_its_size(root: Path) -> list:
+    """Runs that add up to more pixels than the mask has (a decoder that trusts them overruns)."""
+    return [_datumaro(root, datumaro_doc([_dm_mask([0, 10**12])])), "--images", _images(root)]
+
+
+def datumaro_label_id_text(root: Path) -> list:
+    """label_id as text: a wrong type must be one line naming the field, not a TypeError."""
+    ann = {"id": 0, "type": "polygon", "label_id": "0", "points": [1, 1, 6, 1, 6, 6], "attributes": {}}
+    return [_datumaro(root, datumaro_doc([ann])), "--images", _images(root)]
+
+
+def datumaro_no_image_size(root: Path) -> list:
+    doc = datumaro_doc([])
+    del doc["items"][0]["image"]["size"]
+    return [_datumaro(root, doc), "--images", _images(root)]
+
+
 # name -> (builder, text the one-line error must contain)
 REFUSED = {
     "yolo_alias_bomb": (yolo_alias_bomb, "alias"),
@@ -224,6 +272,11 @@ REFUSED = {
     "image_over_64mp": (image_over_64mp, "64 MP limit"),
     "image_over_89mp": (image_over_89mp, "64 MP limit"),
     "nul_in_image_name": (nul_in_image_name, "control characters"),
+    "datumaro_rle_quadratic": (datumaro_rle_quadratic, "bad mask RLE"),
+    "datumaro_rle_many_masks": (datumaro_rle_many_masks, "million pixels"),
+    "datumaro_rle_past_its_size": (datumaro_rle_past_its_size, "bad mask RLE"),
+    "datumaro_label_id_text": (datumaro_label_id_text, "label_id must be a whole number"),
+    "datumaro_no_image_size": (datumaro_no_image_size, "no image size"),
 }
 
 

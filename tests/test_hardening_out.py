@@ -76,6 +76,7 @@ def _commands(tmp: Path, out: Path) -> dict[str, list]:
         "crop": ["crop", images, "--out", out],
         "predict": ["predict", images / "neutrophil" / "a.png", "--out", out],
         "export": ["export", ann, "--images", images, "--out", out],
+        "convert": ["convert", ann, "--to", "coco", "--out", out],
         "train classifier": ["train", "classifier", "--data", images, "--out", out],
         "train segmenter": ["train", "segmenter", "--data", images, "--out", out],
         "train refiner": ["train", "refiner", "--source", images, "--target", images, "--out", out],
@@ -83,7 +84,7 @@ def _commands(tmp: Path, out: Path) -> dict[str, list]:
     }
 
 
-COMMANDS = ["crop", "predict", "export", "train classifier", "train segmenter", "train refiner",
+COMMANDS = ["crop", "predict", "export", "convert", "train classifier", "train segmenter", "train refiner",
             "evaluate segmenter"]
 
 

@@ -125,6 +125,8 @@ def test_other_formats(tmp_path, bccd_dir, weights_dir, fmt, produced):
         from cvat_tools.formats.yolo import read_yolo
 
         ds = read_yolo(tmp_path / "o" / "yolo", sizes={GOOD[0]: (640, 480)})
+        listed = (tmp_path / "o" / "yolo" / "train.txt").read_text().split()  # every listed image exists
+        assert listed == [f"images/train/{GOOD[0]}"] and (tmp_path / "o" / "yolo" / listed[0]).is_file()
     assert len(ds.images) == 1 and len(ds.images[0].instances) >= 1
     assert all(i.label in labels.ALL_CLASSES for i in ds.images[0].instances)
 

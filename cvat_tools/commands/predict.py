@@ -199,7 +199,8 @@ def cvat_label_constructor() -> list[dict]:
     ]
 
 
-def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
+def write_annotations(dataset: Dataset, fmt: str, folder: Path,
+                      image_files: dict[str, Path] | None = None) -> Path:
     target = folder / FORMATS[fmt]
     if fmt == "cvat":
         from ..formats.cvat_xml import write_cvat_xml
@@ -215,7 +216,8 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
         return write_thesis_json(dataset, target)
     from ..formats.yolo import write_yolo
 
-    return write_yolo(dataset, target)
+    # YOLO lists its images in train.txt: copy them so that every listed path exists
+    return write_yolo(dataset, target, image_files=image_files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +344,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
                 Image.fromarray(draw_overlay(rgb, instances, colors)).save(tmp / "overlays" / name)
         if not dataset.images:  # nothing to write: leave OUT as it was
             raise InputError("no image could be annotated: " + "; ".join(failures))
-        write_annotations(dataset, fmt, tmp)
+        write_annotations(dataset, fmt, tmp, {item.name: item.path for item in images})
         (tmp / "labels.json").write_text(json.dumps(cvat_label_constructor(), indent=2) + "\n")
         if report:
             write_report(dataset, tmp / "report", class_order)

@@ -122,3 +122,9 @@ class Dataset:
             for inst in image.instances:
                 seen.setdefault(inst.label, None)
         return list(seen)
+
+    def all_label_names(self) -> list[str]:
+        """Declared labels, then any used but not declared (a writer needs an id for each)."""
+        names = self.label_names()
+        used = [inst.label for image in self.images for inst in image.instances]
+        return names + [n for n in dict.fromkeys(used) if n not in set(names)]

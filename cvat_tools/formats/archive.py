@@ -86,25 +86,56 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def find_annotation_file(root: Path) -> tuple[str, Path]:
-    """(format, path) of the annotations inside an extracted CVAT export."""
+def _own_export(root: Path) -> Path | None:
+    """annotations.json of a folder ``cvat-tools export`` wrote (its marker or its manifest)."""
+    from ..atomic import read_marker
+
+    coco = root / "annotations.json"
+    if not coco.is_file():
+        return None
+    marker = read_marker(root)
+    if (marker is not None and marker.get("command") == "export") or (root / "manifest.json").is_file():
+        return coco
+    return None
+
+
+def _datumaro_file(root: Path, shown_as: str) -> Path | None:
+    folder = root / "annotations"
+    if not folder.is_dir():
+        return None
+    if (folder / "default.json").is_file():
+        return folder / "default.json"
+    subsets = sorted(p for p in folder.glob("*.json") if not p.name.startswith(("instances_", "person_keypoints_")))
+    if len(subsets) > 1:
+        raise InputError(f"{shown_as}: several Datumaro subsets ({', '.join(p.name for p in subsets[:5])}); "
+                         "give the one to read (e.g. annotations/train.json)")
+    return subsets[0] if subsets else None
+
+
+def find_annotation_file(root: Path, shown_as: str | None = None) -> tuple[str, Path]:
+    """(format, path) of the annotations inside an extracted CVAT export or a folder.
+
+    ``shown_as`` names the folder in errors (the zip it was extracted from)."""
     root = Path(root)
-    candidates = [
-        ("cvat", root / "annotations.xml"),
-        ("yolo", root / "data.yaml"),
-    ]
-    for fmt, path in candidates:
+    shown_as = shown_as or str(root)
+    for fmt, path in (("cvat", root / "annotations.xml"), ("yolo", root / "data.yaml")):
         if path.is_file():
             return fmt, path
     coco = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").is_dir() else []
     if coco:
         return "coco", coco[0]
+    own = _own_export(root)
+    if own is not None:
+        return "coco", own
+    datumaro = _datumaro_file(root, shown_as)
+    if datumaro is not None:
+        return "json", datumaro
     xmls = sorted(root.rglob("*.xml"))
     if len(xmls) == 1:
         return "cvat", xmls[0]
     jsons = sorted(root.rglob("*.json"))
     if len(jsons) == 1:
         return "json", jsons[0]
-    raise InputError(f"{root}: no annotations.xml, annotations/instances_*.json or data.yaml in the "
-                     "archive; export from CVAT as 'CVAT for images 1.1', 'COCO 1.0' or "
-                     "'Ultralytics YOLO Segmentation 1.0'")
+    raise InputError(f"{shown_as}: no annotations.xml, annotations/instances_*.json, "
+                     "annotations/default.json or data.yaml in it; export from CVAT as 'CVAT for "
+                     "images 1.1', 'COCO 1.0', 'Datumaro 1.0' or 'Ultralytics YOLO Segmentation 1.0'")

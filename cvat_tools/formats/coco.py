@@ -11,6 +11,7 @@ becomes one instance per polygon, sharing a group.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..atomic import write_json
@@ -18,11 +19,16 @@ from ..errors import InputError
 from ..guarded import load_json
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
+from .labelspecs import has_details, spec_from_json, spec_to_json
 from .safe_names import shown
 
 MAX_JSON_BYTES = 512 * 1024 * 1024
 MAX_TOTAL_MASK_PIXELS = 192_000_000  # decoded mask pixels (1 byte each) one file may hold
-_CVAT_KEYS = ("occluded", "z_order", "group", "source", "iscrowd")
+# CVAT's own keys in a COCO annotation's "attributes" (CVAT's COCO export writes occluded and
+# rotation there, and track_id/keyframe for video); the rest are the shape's own attributes
+_CVAT_KEYS = ("occluded", "z_order", "group", "source", "iscrowd", "rotation", "track_id", "keyframe")
+# a category's full CVAT label declaration (attribute types, values, colour), when it has one
+LABEL_KEY = "cvat_label"
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,16 +85,14 @@ def instance_to_coco(inst: Instance, image: ImageAnnotation, ann_id: int, catego
 
 def to_coco(dataset: Dataset) -> dict:
     """The COCO instances dict of a dataset (image ids 1..n unless the images carry ids)."""
-    names = dataset.label_names()
-    for image in dataset.images:  # labels used but not declared still get a category
-        for inst in image.instances:
-            if inst.label not in names:
-                names.append(inst.label)
+    names = dataset.all_label_names()
     category = {name: i + 1 for i, name in enumerate(names)}
+    declared = {spec.name: spec for spec in dataset.labels if has_details(spec)}
     out = {
         "licenses": [{"name": "", "id": 0, "url": ""}],
         "info": {"description": "cvat-tools", "version": "1.0"},
-        "categories": [{"id": category[n], "name": n, "supercategory": ""} for n in names],
+        "categories": [{"id": category[n], "name": n, "supercategory": "",
+                        **({LABEL_KEY: spec_to_json(declared[n])} if n in declared else {})} for n in names],
         "images": [],
         "annotations": [],
     }
@@ -170,7 +174,7 @@ def from_coco(data: dict, name: str = "<coco>") -> Dataset:
         raise InputError(f"{name}: not a COCO instances file (no 'images' list)")
     try:
         categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
-        dataset = Dataset(labels=[LabelSpec(name=n) for n in categories.values()])
+        dataset = Dataset(labels=[_label_spec(c, name) for c in data.get("categories", [])])
         by_id: dict[int, ImageAnnotation] = {}
         for img in data["images"]:
             image = ImageAnnotation(name=str(img["file_name"]), width=int(img["width"]),
@@ -200,6 +204,42 @@ def from_coco(data: dict, name: str = "<coco>") -> Dataset:
     return dataset
 
 
+def _label_spec(category: dict, name: str) -> LabelSpec:
+    if category.get(LABEL_KEY) is None:
+        return LabelSpec(name=str(category["name"]))
+    spec = spec_from_json(category[LABEL_KEY], f"{name}: category {shown(category['name'], 40)}")
+    spec.name = str(category["name"])  # the category's name is what annotations refer to
+    return spec
+
+
+def to_flag(value: object, what: str, where: str) -> bool:
+    """A yes/no read from JSON: true/false, 0/1 or their text ("false" is not true)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", ""):
+        return value.strip().lower() in ("true", "1")
+    raise InputError(f"{where}: {what} must be true or false, not {shown(value, 40)}")
+
+
+def attribute_text(value: object, key: str, where: str) -> str:
+    """CVAT attribute values are text; CVAT's COCO and Datumaro exports store numbers and
+    checkboxes typed (true -> "true", 3.0 -> "3")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"  # CVAT's checkbox values
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if value is None:
+        return ""
+    raise InputError(f"{where}: attribute {shown(key, 40)} must be text, a number or true/false, "
+                     f"not {type(value).__name__}")
+
+
 def _read_annotation(ann: dict, where: str, by_id: dict, categories: dict, budget: list[int]) -> None:
     image = by_id.get(ann.get("image_id"))
     if image is None:
@@ -208,7 +248,8 @@ def _read_annotation(ann: dict, where: str, by_id: dict, categories: dict, budge
     if label is None:
         raise InputError(f"{where}: category_id {_shown(ann.get('category_id'))} is not in 'categories'")
     attrs = dict(ann.get("attributes") or {})
-    extra = {k: str(v) for k, v in attrs.items() if k not in _CVAT_KEYS}
+    extra = {str(k): attribute_text(v, str(k), where) for k, v in attrs.items() if k not in _CVAT_KEYS}
+    occluded = to_flag(attrs.get("occluded", False), "attributes.occluded", where)
     if ann.get("iscrowd"):
         extra["iscrowd"] = "1"
     seg = ann.get("segmentation")
@@ -227,7 +268,7 @@ def _read_annotation(ann: dict, where: str, by_id: dict, categories: dict, budge
                 geometry=geom,
                 score=float(ann["score"]) if ann.get("score") is not None else None,
                 attributes=dict(extra),
-                occluded=bool(attrs.get("occluded", False)),
+                occluded=occluded,
                 z_order=int(attrs.get("z_order", 0) or 0),
                 group=int(group) if group else None,
                 source=str(attrs.get("source", "manual")),

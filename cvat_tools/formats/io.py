@@ -1,8 +1,9 @@
 """One door for every annotation format: detect it, read it, write it.
 
-``read_annotations(path)`` takes a CVAT XML file, a COCO JSON, a thesis JSON, a YOLO folder
-(or its data.yaml), a folder holding any of these as CVAT exports them, or a CVAT export
-``.zip`` (opened with archive.extract_archive's checks).
+``read_annotations(path)`` takes a CVAT XML file, a COCO JSON, a Datumaro JSON, a thesis JSON,
+a YOLO folder (or its data.yaml), a folder holding any of these as CVAT exports them (or as
+``cvat-tools export`` wrote it), or a CVAT export ``.zip`` (opened with
+archive.extract_archive's checks).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .coco import MAX_JSON_BYTES
 from .safe_names import shown
 from .annotations import Dataset
 
-FORMATS = ("auto", "cvat", "coco", "yolo", "thesis")
+FORMATS = ("auto", "cvat", "coco", "datumaro", "yolo", "thesis")
 # A blood smear field holds hundreds of cells, not tens of thousands; every shape costs a
 # full-image mask downstream, so a file cannot ask for unbounded work through tiny shapes.
 MAX_INSTANCES_PER_IMAGE = 10_000
@@ -30,27 +31,34 @@ def _json_kind(path: Path) -> str:
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     # cheap sniff first; a full parse happens in the reader
+    if '"items"' in head and '"categories"' in head and '"images"' not in head:
+        return "datumaro"
     if '"data"' in head and '"images"' not in head:
         return "thesis"
     if '"images"' in head or '"annotations"' in head or '"categories"' in head:
         return "coco"
     data = load_json(path, max_bytes=MAX_JSON_BYTES)
+    if isinstance(data, dict) and "items" in data and "categories" in data:
+        return "datumaro"
     if isinstance(data, dict) and "data" in data:
         return "thesis"
     if isinstance(data, dict) and "images" in data:
         return "coco"
-    raise InputError(f"{path}: JSON is neither COCO (images/annotations) nor thesis JSON (data)")
+    raise InputError(f"{path}: JSON is neither COCO (images/annotations), Datumaro (items/categories) "
+                     "nor thesis JSON (data)")
 
 
-def detect_format(path: str | Path) -> tuple[str, Path]:
-    """(format, file or folder to read) for a path; InputError when it is none of ours."""
+def detect_format(path: str | Path, shown_as: str | None = None) -> tuple[str, Path]:
+    """(format, file or folder to read) for a path; InputError when it is none of ours.
+
+    ``shown_as`` names a folder in errors (the zip it was extracted from)."""
     from .archive import find_annotation_file
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        fmt, found = find_annotation_file(path)
+        fmt, found = find_annotation_file(path, shown_as)
         return (_json_kind(found), found) if fmt == "json" else (fmt, found)
     suffix = path.suffix.lower()
     if suffix == ".xml":
@@ -61,7 +69,7 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
         return "yolo", path
     if suffix == ".zip":
         return "zip", path
-    raise InputError(f"{path}: unknown annotation format; give a CVAT XML, COCO/thesis JSON, "
+    raise InputError(f"{path}: unknown annotation format; give a CVAT XML, COCO/Datumaro/thesis JSON, "
                      "YOLO data.yaml/folder or a CVAT export .zip (or --format)")
 
 
@@ -87,6 +95,12 @@ def _read_format(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
         if path.is_dir():
             _, path = detect_format(path)
         return read_coco(path)
+    if fmt == "datumaro":
+        from .datumaro import read_datumaro
+
+        if path.is_dir():
+            _, path = detect_format(path)
+        return read_datumaro(path)
     if fmt == "thesis":
         from .thesis_json import read_thesis_json
 
@@ -102,9 +116,12 @@ def _read_format(fmt: str, path: Path, images_dir: Path | None) -> Dataset:
 def open_annotations(
     path: str | Path, format: str = "auto", images_dir: str | Path | None = None
 ) -> Iterator[tuple[Dataset, Path | None, str]]:
-    """Yield (dataset, folder holding the images if the input carries them else None, format).
+    """Yield (dataset, folder to look for the images in, format).
 
-    A zip is extracted into a temporary folder that lives as long as the ``with`` block.
+    The folder is where the input's own images may be: the whole extracted archive of a zip
+    (images anywhere inside it), an ``images/`` folder beside the annotations, else the folder
+    holding the annotations itself. A zip is extracted into a temporary folder that lives as
+    long as the ``with`` block.
     """
     from .archive import extract_archive
 
@@ -117,17 +134,15 @@ def open_annotations(
     if path.is_file() and path.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory(prefix="cvat-tools-zip-") as tmp:
             root = extract_archive(path, tmp)
-            fmt, found = detect_format(root) if format == "auto" else (format, root)
-            dataset = _read(fmt, found, images)
-            own_images = root / "images" if (root / "images").is_dir() else None
-            yield dataset, own_images, fmt
+            fmt, found = detect_format(root, str(path)) if format == "auto" else (format, root)
+            yield _read(fmt, found, images), root, fmt
         return
     fmt, found = detect_format(path) if format == "auto" else (format, path)
-    if fmt == "zip":  # pragma: no cover - handled above
-        raise InputError(f"{path}: archive")
     dataset = _read(fmt, found, images)
-    base = path if path.is_dir() else found.parent  # an export folder holds images/ at its top
-    yield dataset, (base / "images" if (base / "images").is_dir() else None), fmt
+    base = path if path.is_dir() else found.parent
+    if not path.is_dir() and base.name == "annotations":  # COCO/Datumaro layout: images/ beside annotations/
+        base = base.parent
+    yield dataset, (base / "images" if (base / "images").is_dir() else base), fmt
 
 
 def read_annotations(path: str | Path, format: str = "auto", images_dir: str | Path | None = None) -> Dataset:
@@ -137,7 +152,8 @@ def read_annotations(path: str | Path, format: str = "auto", images_dir: str | P
 
 
 def write_annotations(dataset: Dataset, path: str | Path, format: str) -> Path:
-    """Write a dataset as ``cvat`` (XML file), ``coco`` (JSON), ``thesis`` (JSON) or ``yolo`` (folder)."""
+    """Write a dataset as ``cvat`` (XML file), ``coco``, ``datumaro`` or ``thesis`` (JSON) or
+    ``yolo`` (folder)."""
     if format == "cvat":
         from .cvat_xml import write_cvat_xml
 
@@ -146,6 +162,10 @@ def write_annotations(dataset: Dataset, path: str | Path, format: str) -> Path:
         from .coco import write_coco
 
         return write_coco(dataset, path)
+    if format == "datumaro":
+        from .datumaro import write_datumaro
+
+        return write_datumaro(dataset, path)
     if format == "thesis":
         from .thesis_json import write_thesis_json
 
@@ -154,4 +174,4 @@ def write_annotations(dataset: Dataset, path: str | Path, format: str) -> Path:
         from .yolo import write_yolo
 
         return write_yolo(dataset, path)
-    raise InputError(f"unknown output format {format!r}; choose cvat, coco, thesis or yolo")
+    raise InputError(f"unknown output format {format!r}; choose cvat, coco, datumaro, thesis or yolo")

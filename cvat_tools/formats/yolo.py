@@ -1,7 +1,7 @@
 """Ultralytics YOLO segmentation, in the layout CVAT exports as "Ultralytics YOLO Segmentation 1.0"::
 
     data.yaml            names: {0: band cell, 1: ...}, path: ., train: train.txt
-    train.txt            images/train/<name> per line
+    train.txt            images/train/<name> per line, for the images present
     images/train/<name>  the images (optional in an export "without images")
     labels/train/<stem>.txt   one line per instance: class x1 y1 x2 y2 ... (normalized 0..1)
 
@@ -23,7 +23,7 @@ from ..guarded import load_yaml
 from ..imaging import IMAGE_SUFFIXES, image_size
 from . import masks
 from .annotations import Box, Dataset, ImageAnnotation, Instance, LabelSpec, Mask, Points, Polygon
-from .safe_names import safe_relative
+from .safe_names import safe_relative, unique_file_names
 
 SUBSET = "train"
 MAX_LABEL_BYTES = 64 * 2**20  # one image's label lines; a field's cells take a few hundred KB
@@ -155,36 +155,45 @@ def _polygon_of(inst: Instance) -> list[tuple[float, float]] | None:
     return None
 
 
-def write_yolo(dataset: Dataset, folder: str | Path, images_dir: str | Path | None = None) -> Path:
-    """Write the CVAT/Ultralytics layout into ``folder`` (atomically); copy images when given."""
-    names = dataset.label_names()
-    for image in dataset.images:
-        for inst in image.instances:
-            if inst.label not in names:
-                names.append(inst.label)
+def write_yolo(dataset: Dataset, folder: str | Path, images_dir: str | Path | None = None,
+               image_files: dict[str, Path] | None = None) -> Path:
+    """Write the CVAT/Ultralytics layout into ``folder`` (atomically).
+
+    Images are copied when given (``image_files``: image name -> file, else found by stem
+    under ``images_dir``); ``train.txt`` lists only the images written, never a path that does
+    not exist (Ultralytics would fail on it). Without images it is empty and the labels
+    stand alone (CVAT's YOLO import reads its item list from train.txt: give the images)."""
+    names = dataset.all_label_names()
     index = {n: i for i, n in enumerate(names)}
     sources = _image_index(Path(images_dir)) if images_dir else {}
+    image_files = image_files or {}
     with atomic_dir(folder) as tmp:
         (tmp / "labels" / SUBSET).mkdir(parents=True)
         (tmp / "images" / SUBSET).mkdir(parents=True)
         listed = []
-        for image in dataset.images:
-            name = safe_relative(image.name).name  # never a path outside the folder
+        # flat names with distinct stems: sub/a.png and other/a.png must not share labels/a.txt
+        flat = unique_file_names([image.name for image in dataset.images])
+        for image, name in zip(dataset.images, flat):
             stem = Path(name).stem
-            lines = []
-            for inst in image.instances:
-                points = _polygon_of(inst)
-                if points is None or isinstance(inst.geometry, Points) or len(points) < 3:
-                    dataset.skipped.append({"image": image.name, "label": inst.label,
-                                            "reason": "no polygon for YOLO segmentation"})
-                    continue
-                coords = " ".join(f"{x / image.width:.6f} {y / image.height:.6f}" for x, y in points)
-                lines.append(f"{index[inst.label]} {coords}")
-            (tmp / "labels" / SUBSET / f"{stem}.txt").write_text("".join(l + "\n" for l in lines))
-            listed.append(f"images/{SUBSET}/{name}")
-            if stem in sources:
-                shutil.copy2(sources[stem], tmp / "images" / SUBSET / name)
+            (tmp / "labels" / SUBSET / f"{stem}.txt").write_text("".join(_label_lines(image, index, dataset)))
+            source = image_files.get(image.name) or sources.get(Path(safe_relative(image.name).name).stem)
+            if source is not None:
+                shutil.copy2(source, tmp / "images" / SUBSET / name)
+                listed.append(f"images/{SUBSET}/{name}")
         (tmp / "train.txt").write_text("".join(l + "\n" for l in listed))
         data = {"names": {i: n for i, n in enumerate(names)}, "path": ".", SUBSET: f"{SUBSET}.txt"}
         (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return Path(folder)
+
+
+def _label_lines(image: ImageAnnotation, index: dict[str, int], dataset: Dataset) -> list[str]:
+    lines = []
+    for inst in image.instances:
+        points = _polygon_of(inst)
+        if points is None or isinstance(inst.geometry, Points) or len(points) < 3:
+            dataset.skipped.append({"image": image.name, "label": inst.label,
+                                    "reason": "no polygon for YOLO segmentation"})
+            continue
+        coords = " ".join(f"{x / image.width:.6f} {y / image.height:.6f}" for x, y in points)
+        lines.append(f"{index[inst.label]} {coords}\n")
+    return lines
