@@ -102,8 +102,15 @@ def test_refiner_none_makes_the_classifier_final(tmp_path, bccd_dir, shipped_pat
     assert cells
     for cell in cells:
         assert cell.attributes["refiner"] == "none" and cell.label == cell.attributes["classifier"]
-    assert Pipeline.load(refiner="none").refiner is None
     assert Pipeline.load(refiner=None).refiner is not None  # the default stays the shipped one
+
+
+def test_refiner_none_in_both_cvat_functions(monkeypatch, shipped_paths):
+    from cvat_tools import cvat_function, serverless
+
+    assert cvat_function.create(refiner="none").pipeline.refiner is None  # -p refiner=str:none
+    monkeypatch.setenv(serverless.ENV_REFINER, "none")
+    assert serverless.load_pipeline_from_env().refiner is None
 
 
 # -- 3. classify names a cell as predict does (classifier, refiner unless blast/band, rule) ---
