@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ import pytest
 from cli_run import run_cli
 from cvat_tools import labels
 from cvat_tools.bundle import read_manifest, save_bundle
-from cvat_tools.cli import main
 from cvat_tools.formats.annotations import Instance, Mask
 from cvat_tools.formats.cvat_xml import read_cvat_xml
 from cvat_tools.pipeline import (
@@ -30,30 +27,13 @@ QUIET_FIELD = "BloodImage_00002.jpg"
 DOUBTFUL_FIELD = "BloodImage_00001.jpg"
 
 
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def run_as_user(*args, terminal: bool = True) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``cvat-tools ARGS`` with stderr a terminal or a file."""
-    out, err = io.StringIO(), _Terminal() if terminal else io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
 # -- 1. progress: on a terminal, on stderr, per image and per stage; never on stdout ---------
 
 
 @pytest.mark.parametrize("terminal", [True, False])
 def test_predict_progress_shows_on_a_terminal_only(tmp_path, bccd_dir, terminal):
     image = bccd_dir / "images" / QUIET_FIELD
-    code, out, err = run_as_user("predict", image, "--out", tmp_path / "o",
+    code, out, err = run_cli("predict", image, "--out", tmp_path / "o",
                                  "--weights", shared_weights(), terminal=terminal)
     assert code == 0, err
     assert len(out.splitlines()) == 1 and "cells in 1 images ->" in out  # stdout: data only
@@ -82,7 +62,7 @@ def test_annotate_progress_per_frame_on_a_terminal_only(monkeypatch):
     monkeypatch.setattr(cvat_function, "create", lambda **kwargs: None)
     monkeypatch.setenv("CVAT_ACCESS_TOKEN", "tok")
     for terminal in (True, False):
-        code, out, err = run_as_user("annotate", "--host", "http://127.0.0.1:9", "--task", "3",
+        code, out, err = run_cli("annotate", "--host", "http://127.0.0.1:9", "--task", "3",
                                      terminal=terminal)
         assert code == 0, err
         assert out == "task 3: annotated (threshold 0.5, masks)\n"
