@@ -233,7 +233,9 @@ class Pipeline:
         weights folder is given (how the Nuclio image and ``-p weights=`` pass them), else the
         shipped bundle. ``segmenter="classical"`` asks for the classical watershed segmenter (so
         does no shipped segmenter; a weights folder must say so, see :func:`_bundle_path`);
-        ``refiner="none"`` (or no refiner bundle) makes the classifier's answer final. A classifier is required (the
+        ``refiner="none"`` (or no refiner bundle) makes the classifier's answer final; a
+        classifier and refiner that do not fit are refused from their manifests before any
+        weights load (:func:`check_pair`). A classifier is required (the
         labels CVAT receives are cell types) unless ``require_classifier=False``, which gives
         segmentation only, every cell labelled "wbc". ``cell_size`` (typical WBC diameter in
         input px) or ``um_per_px`` fix the scale; else each image's is estimated

@@ -108,18 +108,18 @@ def _pbc_test_images(pbc_dir, n=10):
 def test_classify_goes_through_the_rule_on_pbc(tmp_path, pbc_dir, shipped_paths):
     images = _pbc_test_images(pbc_dir)
     runs = {}
-    for refiner in ("shipped", "none"):
-        out = tmp_path / f"{refiner}.csv"
-        extra = ["--refiner", "none"] if refiner == "none" else []
+    for name, extra in (("rule", ["--rule"]), ("default", []), ("none", ["--refiner", "none"])):
+        out = tmp_path / f"{name}.csv"
         code, _, err = run_cli("classify", *images, "--out", out, *extra)
         assert code == 0, err
-        runs[refiner] = list(csv.DictReader(out.open()))
-    for row in runs["shipped"]:
+        runs[name] = list(csv.DictReader(out.open()))
+    assert runs["default"] == runs["none"]  # the classifier alone, as before the rule came
+    for row in runs["rule"]:
         assert row["refiner"] in labels.SHARED_CLASSES  # the refiner answered every cell
         final = row["classifier"] if row["classifier"] in labels.CLASSIFIER_FINAL else row["refiner"]
         assert row["label"] == final and row["top3"].startswith(final + ":")
         assert (row["needs_review"] == "true") == (row["review_reason"] != REASON_NONE)
-    for plain, row in zip(runs["shipped"], runs["none"]):
+    for plain, row in zip(runs["rule"], runs["none"]):
         assert row["refiner"] == "none" and row["label"] == row["classifier"] == plain["classifier"]
     assert [r["file"] for r in runs["none"]] == [str(p) for p in images]
 
@@ -232,7 +232,8 @@ def test_mismatched_refiner_is_one_line_before_loading(tmp_path, bccd_dir, shipp
     if command == "predict":
         args = ["predict", image, "--out", tmp_path / "o", "--classifier", four_class_classifier]
     else:
-        args = ["classify", image, "--out", tmp_path / "o.csv", "--bundle", four_class_classifier]
+        args = ["classify", image, "--out", tmp_path / "o.csv", "--bundle", four_class_classifier,
+                "--rule"]
     code, _, err = run_cli(*args)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert f"refiner {shipped_paths['refiner']} does not fit classifier {four_class_classifier}" in err

@@ -6,10 +6,10 @@ lab's crop of any size, a crop with its background) is cut to the cell at its ce
 by the scale-aware segmenter (segment/single_cell.py ``centre_cell``; the classical mask only
 when the segmenter finds none). The CSV says which (column ``mask``).
 
-Each cell is named as ``predict`` names it: the classifier, then the refiner (unless the
-classifier says band or blast), combined by the thesis rule (classify/rule.py), with both
-answers, the review flag and its reason in the CSV. ``--refiner none``: the classifier's
-answer is final.
+The classifier names each cell. With ``--rule`` (or ``--refiner BUNDLE``) it is named as
+``predict`` names it: the classifier, then the refiner (unless the classifier says band or
+blast), combined by the thesis rule (classify/rule.py). The CSV carries both answers, the
+review flag and its reason either way (refiner "none" without the rule).
 """
 from __future__ import annotations
 
@@ -27,14 +27,21 @@ HEADER = [*OLD_HEADER, "classifier", "classifier_score", "refiner", "refiner_sco
           "needs_review", "review_reason"]
 
 
-def load_models(bundle, refiner, prior: str):
-    """The classifier and the refiner (None for 'none'), their pairing checked from the
-    manifests before any weights load (the rules of Pipeline.load)."""
+def load_models(bundle, refiner, prior: str, rule: bool):
+    """The classifier and the refiner (None without --rule or --refiner BUNDLE, or with
+    --refiner none), their pairing checked from the manifests before any weights load (as
+    Pipeline.load does)."""
     from ..bundle import shipped_bundle
     from ..classify.classifier import CellClassifier, _resolve
+    from ..errors import BundleError
     from ..pipeline import asks_for_none, check_pair
 
-    ref_path = None if asks_for_none(refiner) else (refiner or shipped_bundle("refiner"))
+    ref_path = None
+    if (rule or refiner is not None) and not asks_for_none(refiner):
+        ref_path = refiner or shipped_bundle("refiner")
+        if ref_path is None:
+            raise BundleError("--rule needs a refiner and none is shipped in "
+                              "cvat_tools/weights/refiner; pass --refiner BUNDLE")
     check_pair(_resolve(bundle, "classifier"), ref_path)
     model = CellClassifier.from_bundle(bundle)
     ref = None
@@ -71,9 +78,13 @@ def rows(model, ref, crops: list, batch_size: int) -> list[list[str]]:
               help="CSV to write: file,label,score,top3,mask, then both models' answers and the "
                    "review flag and its reason.")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Classifier bundle (default: shipped).")
+@click.option("--rule", is_flag=True,
+              help="Name each cell as predict does: the classifier, then the refiner unless it "
+                   "says band or blast (the thesis rule). Default: the classifier's answer, the "
+                   "better one on PBC-like single cells (reference.md).")
 @click.option("--refiner", type=click.Path(file_okay=False, path_type=Path),
-              help="DANN refiner bundle (default: shipped), or 'none': the classifier's answer "
-                   "is final.")
+              help="Refiner bundle for the rule (implies --rule; default: shipped), or 'none': "
+                   "the classifier's answer is final.")
 @click.option("--prior", type=click.Choice(["bundle", *PRIORS]), default="bundle", show_default=True,
               help="Refiner's decision prior: the bundle's own, or none (all classes equally likely).")
 @click.option("--segmenter", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -84,7 +95,7 @@ def rows(model, ref, crops: list, batch_size: int) -> list[list[str]]:
               help="Kept for old scripts: finding the centre cell is now the default.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @scale_options
-def classify(images, out, bundle, refiner, prior, segmenter, as_crop, mask_centre, batch_size, cell_size,
+def classify(images, out, bundle, rule, refiner, prior, segmenter, as_crop, mask_centre, batch_size, cell_size,
              um_per_px):
     """Classify the cell of each single-cell image or crop; unreadable files are listed on
     stderr and make the exit status 1, the others are still written."""
@@ -101,7 +112,7 @@ def classify(images, out, bundle, refiner, prior, segmenter, as_crop, mask_centr
     except InputError:  # a CSV of an older classify, without the refiner columns, is ours too
         check_out_file(out, ",".join(OLD_HEADER), what)
     scale_args = checked(cell_size, um_per_px)
-    model, ref = load_models(bundle, refiner, prior)
+    model, ref = load_models(bundle, refiner, prior, rule)
     files: list[Path] = []
     for p in images:
         files += list_images(p) if p.is_dir() else [p]
