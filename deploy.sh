@@ -45,7 +45,8 @@ usage() {
                     watershed segmenter (asked for, never a silent fallback)
   --network NAME    docker network of CVAT for --platform local (default cvat_cvat)
   --registry URL    image registry for --platform kube
-  --dry-run         print the nuctl commands instead of running them
+  --dry-run         print the nuctl commands instead of running them (nuctl need
+                    not be installed)
 EOF
 }
 
@@ -85,22 +86,32 @@ run() {
 }
 
 # -- nuctl and its version ------------------------------------------------------------------
-if ! command -v nuctl >/dev/null 2>&1; then
-    die "nuctl (Nuclio's CLI) is not on PATH. Install the version CVAT's dashboard runs:
+INSTALL_NUCTL="Install the version CVAT's dashboard runs:
   curl -sSL -o nuctl https://github.com/nuclio/nuclio/releases/download/${NUCLIO_VERSION}/nuctl-${NUCLIO_VERSION}-linux-amd64
   chmod +x nuctl && sudo mv nuctl /usr/local/bin/nuctl"
+HAVE_NUCTL=1
+if ! command -v nuctl >/dev/null 2>&1; then
+    # a dry run only prints the commands: it previews a deployment before nuctl is installed
+    [[ $DRY_RUN -eq 1 ]] || die "nuctl (Nuclio's CLI) is not on PATH. $INSTALL_NUCTL"
+    HAVE_NUCTL=0
+    warn "nuctl (Nuclio's CLI) is not on PATH; the commands below need it. $INSTALL_NUCTL"
 fi
 
 version_of() { grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n 1; }
 
-NUCTL_VERSION="$(nuctl version 2>/dev/null | version_of || true)"
+NUCTL_VERSION=""
+if [[ $HAVE_NUCTL -eq 1 ]]; then
+    NUCTL_VERSION="$(nuctl version 2>/dev/null | version_of || true)"
+fi
 DASHBOARD_VERSION=""
 if command -v docker >/dev/null 2>&1; then
     # the dashboard container of CVAT's serverless compose file is named "nuclio"
     DASHBOARD_VERSION="$(docker inspect --format '{{.Config.Image}}' nuclio 2>/dev/null | version_of || true)"
 fi
 EXPECTED="${DASHBOARD_VERSION:-$NUCLIO_VERSION}"
-if [[ -z "$NUCTL_VERSION" ]]; then
+if [[ $HAVE_NUCTL -eq 0 ]]; then
+    :  # already said: nuctl is missing
+elif [[ -z "$NUCTL_VERSION" ]]; then
     warn "could not read 'nuctl version'; CVAT's dashboard runs Nuclio $EXPECTED"
 elif [[ "$NUCTL_VERSION" != "$EXPECTED" ]]; then
     if [[ -n "$DASHBOARD_VERSION" ]]; then SOURCE="the running nuclio container"; else SOURCE="pinned by CVAT"; fi

@@ -38,6 +38,14 @@ ATTR_CLASSIFIER_SCORE = "classifier_score"
 ATTR_REFINER = "refiner"
 ATTR_REFINER_SCORE = "refiner_score"
 ATTR_NEEDS_REVIEW = "needs_review"
+ATTR_REVIEW_REASON = "review_reason"
+
+# Why a cell needs review (the review_reason values; the first is CVAT's default).
+REASON_NONE = "none"
+REASON_DISAGREE = "disagree"  # classifier and refiner name different types
+REASON_LOW_SCORE = "low score"  # the final class score is below the review threshold
+REASON_BOTH = "disagree, low score"
+REVIEW_REASONS = (REASON_NONE, REASON_DISAGREE, REASON_LOW_SCORE, REASON_BOTH)
 
 
 def attribute_specs() -> list[AttributeSpec]:
@@ -59,6 +67,8 @@ def attribute_specs() -> list[AttributeSpec]:
         AttributeSpec(ATTR_REFINER_SCORE, "number", list(percent), default="0"),
         # CVAT stores a checkbox's values as [default].
         AttributeSpec(ATTR_NEEDS_REVIEW, "checkbox", ["false"], default="false"),
+        # a select, not text: CVAT checks its values and filters on it (attr.review_reason)
+        AttributeSpec(ATTR_REVIEW_REASON, "select", list(REVIEW_REASONS), default=REASON_NONE),
     ]
 
 
@@ -73,6 +83,34 @@ def percent(score: float | None) -> str:
     if score is None or not np.isfinite(score):
         return "0"
     return str(int(round(min(max(float(score), 0.0), 1.0) * 100)))
+
+
+def review_note(label: str, attributes: dict[str, str],
+                threshold: float = REVIEW_THRESHOLD) -> str:
+    """Why a cell was flagged, in words, from the attributes it carries (so it reads the same
+    from a fresh run and from annotations read back): "" when it is not flagged.
+
+    e.g. "classifier: eosinophil 0.91 / refiner: neutrophil 0.55", "low class score:
+    lymphocyte 0.48 < 0.60". The number drawn beside a label is the *detection* score, which
+    can be 1.00 on a cell whose type is in doubt.
+    """
+    reason = attributes.get(ATTR_REVIEW_REASON, REASON_NONE)
+    if attributes.get(ATTR_NEEDS_REVIEW) != "true" or reason not in REVIEW_REASONS[1:]:
+        return ""
+
+    def score(name: str) -> str:
+        value = attributes.get(name, "0")
+        return f"{int(value) / 100:.2f}" if value.isdigit() else "?"
+
+    notes = []
+    clf, ref = attributes.get(ATTR_CLASSIFIER, "?"), attributes.get(ATTR_REFINER, NO_REFINER)
+    if reason in (REASON_DISAGREE, REASON_BOTH):
+        notes.append(f"classifier: {clf} {score(ATTR_CLASSIFIER_SCORE)} / "
+                     f"refiner: {ref} {score(ATTR_REFINER_SCORE)}")
+    if reason in (REASON_LOW_SCORE, REASON_BOTH):  # the final score is that of who named it
+        final = score(ATTR_REFINER_SCORE if ref == label else ATTR_CLASSIFIER_SCORE)
+        notes.append(f"low class score: {label} {final} < {threshold:.2f}")
+    return "; ".join(notes)
 
 
 @dataclass
@@ -120,6 +158,39 @@ def _bundle_path(kind: str, explicit: str | Path | None, weights: str | Path | N
 CLASSICAL_HINT = "--segmenter classical, CVAT_TOOLS_SEGMENTER=classical, -p segmenter=str:classical"
 
 
+def asks_for_none(refiner: str | Path | None) -> bool:
+    """True for refiner "none" (no refiner: the classifier's answer is final), unless a
+    folder of that name exists."""
+    return refiner is not None and str(refiner) == NO_REFINER and not Path(str(refiner)).exists()
+
+
+def check_pair(classifier: Path | None, refiner: Path | None) -> None:
+    """Refuse a classifier and a refiner that cannot work together, from their manifests alone
+    (small JSON files), before any weights load.
+
+    The refiner names only types the classifier knows (the rule hands the refiner's answer
+    on as the final label, and its review flag compares the two). Input sizes need not match:
+    each model cuts its own crops at its own size.
+    """
+    if classifier is None or refiner is None:
+        return
+    manifests = {}
+    for kind, path in (("classifier", classifier), ("refiner", refiner)):
+        manifest = read_manifest(path)
+        if manifest["kind"] != kind:
+            raise BundleError(f"{path}: is a {manifest['kind']} bundle, but the {kind} must be a "
+                              f"{kind} bundle (made by 'cvat-tools train {kind}')")
+        manifests[kind] = manifest
+    known = manifests["classifier"]["labels"]
+    unknown = [lab for lab in manifests["refiner"]["labels"] if lab not in known]
+    if unknown:
+        raise BundleError(
+            f"refiner {refiner} does not fit classifier {classifier}: the refiner names "
+            f"{unknown}, which the classifier does not know ({len(known)} labels: "
+            f"{', '.join(known)}); use a refiner trained for this classifier, or refiner 'none'"
+        )
+
+
 class Pipeline:
     """Segment, crop, classify, refine, decide: the one inference path of the project."""
 
@@ -165,7 +236,9 @@ class Pipeline:
         weights folder is given (how the Nuclio image and ``-p weights=`` pass them), else the
         shipped bundle. ``segmenter="classical"`` asks for the classical watershed segmenter (so
         does no shipped segmenter; a weights folder must say so, see :func:`_bundle_path`);
-        without a refiner the classifier's answer is final. A classifier is required (the
+        ``refiner="none"`` (or no refiner bundle) makes the classifier's answer final; a
+        classifier and refiner that do not fit are refused from their manifests before any
+        weights load (:func:`check_pair`). A classifier is required (the
         labels CVAT receives are cell types) unless ``require_classifier=False``, which gives
         segmentation only, every cell labelled "wbc". ``cell_size`` (typical WBC diameter in
         input px) or ``um_per_px`` fix the scale; else each image's is estimated
@@ -174,13 +247,14 @@ class Pipeline:
         from .models.registry import load_model
 
         clf_path = _bundle_path("classifier", classifier, weights)
-        ref_path = _bundle_path("refiner", refiner, weights)
+        ref_path = None if asks_for_none(refiner) else _bundle_path("refiner", refiner, weights)
         if clf_path is None and require_classifier:
             where = f"in {weights}/classifier" if weights is not None else "shipped with cvat-tools"
             raise BundleError(
                 f"no classifier bundle {where}; pass one (--classifier BUNDLE, made by "
                 "'cvat-tools train classifier') or install the shipped weights"
             )
+        check_pair(clf_path, ref_path)  # seconds before the models load, not after
         classical = str(segmenter) == CLASSICAL and not Path(str(segmenter)).exists()
         seg_path = None if classical else _bundle_path("segmenter", segmenter, weights)
         if seg_path is not None and is_classical(read_manifest(seg_path)):
@@ -220,8 +294,13 @@ class Pipeline:
         for segmenters that size images themselves, such as the classical one)."""
         return getattr(self.segmenter, "last_scale", None)
 
-    def run(self, image: np.ndarray, threshold: float = 0.5) -> list[Instance]:
-        """Labelled instances of one RGB uint8 image (H x W x 3), detection score >= threshold."""
+    def run(self, image: np.ndarray, threshold: float = 0.5,
+            stage: Callable[[str], None] | None = None) -> list[Instance]:
+        """Labelled instances of one RGB uint8 image (H x W x 3), detection score >= threshold.
+
+        ``stage`` (optional) is told what starts ("segmenting", "classifying N cells"): a
+        progress display for fields that take seconds each."""
+        stage = stage or (lambda _text: None)
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(
@@ -230,6 +309,7 @@ class Pipeline:
             )
         if not 0.0 <= float(threshold) <= 1.0:
             raise InputError(f"threshold {threshold} is outside [0, 1]")
+        stage("segmenting")
         detections = [
             d for d in self.segmenter.segment(image, threshold=threshold)
             if d.score >= threshold and np.asarray(d.mask.bitmap).any()
@@ -242,6 +322,7 @@ class Pipeline:
                          source="auto")
                 for d in detections
             ]
+        stage(f"classifying {len(detections)} cells")
         clf_preds = self._predict(self.classifier, image, detections)
         ref_preds: Sequence[Prediction | None] = (
             self._predict(self.refiner, image, detections)
@@ -266,29 +347,35 @@ class Pipeline:
         return preds
 
     def _instance(self, detection: Detection, decision: Decision) -> Instance:
-        refiner_label = decision.refiner_label or NO_REFINER
-        # A disagreement counts only where the refiner has a say: for band and blast cells
-        # (labels.CLASSIFIER_FINAL) it does not know the class, so it cannot agree.
-        disagree = (
-            decision.refiner_label is not None
-            and decision.refiner_label != decision.classifier_label
-            and decision.classifier_label not in label_set.CLASSIFIER_FINAL
-        )
-        needs_review = disagree or float(decision.score) < self.review_threshold
-        attributes = {
-            ATTR_CLASSIFIER: decision.classifier_label,
-            ATTR_CLASSIFIER_SCORE: percent(decision.classifier_score),
-            ATTR_REFINER: refiner_label,
-            ATTR_REFINER_SCORE: percent(decision.refiner_score),
-            ATTR_NEEDS_REVIEW: "true" if needs_review else "false",
-        }
         return Instance(
             label=decision.label,
             geometry=detection.mask,
             score=float(detection.score),
-            attributes=attributes,
+            attributes=decision_attributes(decision, self.review_threshold),
             source="auto",
         )
+
+
+def decision_attributes(decision: Decision, review_threshold: float = REVIEW_THRESHOLD) -> dict[str, str]:
+    """The attributes of one rule decision (classify/rule.py ``Decision``): both models'
+    answers, the review flag and its reason. Every entry point (predict, the functions,
+    classify) labels a cell through this."""
+    # A disagreement counts only where the refiner has a say: for band and blast cells
+    # (labels.CLASSIFIER_FINAL) it does not know the class, so it cannot agree.
+    disagree = (
+        decision.refiner_label is not None
+        and decision.refiner_label != decision.classifier_label
+        and decision.classifier_label not in label_set.CLASSIFIER_FINAL
+    )
+    low = float(decision.score) < review_threshold
+    return {
+        ATTR_CLASSIFIER: decision.classifier_label,
+        ATTR_CLASSIFIER_SCORE: percent(decision.classifier_score),
+        ATTR_REFINER: decision.refiner_label or NO_REFINER,
+        ATTR_REFINER_SCORE: percent(decision.refiner_score),
+        ATTR_NEEDS_REVIEW: "true" if disagree or low else "false",
+        ATTR_REVIEW_REASON: REVIEW_REASONS[int(disagree) + 2 * int(low)],
+    }
 
 
 def check_attributes(instance: Instance) -> list[str]:

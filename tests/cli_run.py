@@ -8,9 +8,16 @@ from pathlib import Path
 from cvat_tools.cli import main
 
 
-def run_cli(*args: str | Path) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``cvat-tools ARGS...``."""
-    out, err = io.StringIO(), io.StringIO()
+class _Terminal(io.StringIO):
+    """A captured stderr that says it is a terminal (progress bars draw on terminals only)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run_cli(*args: str | Path, terminal: bool = False) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``cvat-tools ARGS...``; ``terminal``: stderr is a tty."""
+    out, err = io.StringIO(), _Terminal() if terminal else io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

@@ -92,8 +92,8 @@ MUTATIONS = [
     Mutation(
         "review-boundary", "needs_review at a final score equal to the threshold (< turned into <=)",
         "cvat_tools/pipeline.py",
-        "float(decision.score) < self.review_threshold",
-        "float(decision.score) <= self.review_threshold",
+        "float(decision.score) < review_threshold",
+        "float(decision.score) <= review_threshold",
         ("tests/test_rule_boundaries.py::test_review_flag_boundary_is_below_not_at",),
     ),
     Mutation(

@@ -169,3 +169,39 @@ def test_incompatible_task_labels_name_the_fix(task, asked, fix):
 
 def test_missing_labels_allowed_when_asked():
     assert shape_type_for(_task("polygon")[:4], None, allow_unmatched_labels=True) is True
+
+
+# -- a web server that is not CVAT (issue 21) ----------------------------------------------
+
+
+def _answer(status: str, body: bytes, content_type: str) -> bytes:
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
+            "\r\nConnection: close\r\n\r\n").encode()
+    return head + body
+
+
+NGINX_404 = b"<html><head><title>404 Not Found</title></head><body><h1>404 Not Found</h1></body></html>"
+
+
+@pytest.mark.parametrize("answer, says", [
+    (_answer("404 Not Found", NGINX_404, "text/html"), "answered HTTP 404 (text/html)"),
+    (_answer("200 OK", b"<!DOCTYPE html><html>Grafana</html>", "text/html; charset=utf-8"),
+     "answered text/html that is not CVAT's"),
+    (_answer("200 OK", b'{"status": "ok"}', "application/json"),
+     "answered application/json that is not CVAT's"),
+], ids=["404-html", "200-html", "200-json-not-cvat"])
+def test_a_server_that_is_not_cvat_is_named_in_one_line(monkeypatch, answer, says):
+    with _Server(answer) as server:
+        host = f"http://127.0.0.1:{server.port}"
+        code, text = _annotate(monkeypatch, "--host", host, "--task", "3", "--timeout", "5")
+    assert code == 2, text
+    assert len(text.strip().splitlines()) == 1, text  # no HTML page dumped
+    assert text.startswith(f"error: {host}/api/server/about {says}"), text
+    assert "check --host" in text and "proxy" in text
+    assert "<html" not in text.lower() and "task 3" not in text  # the task is not blamed
+
+
+def test_cvat_is_recognised_by_its_about_page():
+    about = b'{"name": "Computer Vision Annotation Tool", "version": "2.42.0"}'
+    with _Server(_answer("200 OK", about, "application/json")) as server:
+        assert annotate_cmd.check_is_cvat(f"http://127.0.0.1:{server.port}", 5) is None

@@ -13,6 +13,7 @@ from cvat_sdk.auto_annotation.driver import _AnnotationMapper, _DetectionFunctio
 from cvat_sdk.masks import decode_mask
 
 from cvat_tools import cvat_function, labels
+from cvat_tools.commands import annotate as annotate_cmd
 from cvat_tools.formats.masks import mask_to_full, polygon_to_mask
 from cvat_tools.imaging import load_image
 from cvat_tools.pipeline import Pipeline, attribute_specs
@@ -118,7 +119,7 @@ def test_labels_json_declares_the_functions_attribute_types(labels_json):
     exactly the function's, or cvat-sdk refuses the task and CVAT drops the values."""
     assert [label["name"] for label in labels_json] == list(labels.ALL_CLASSES)
     expected = {"classifier": "select", "classifier_score": "number", "refiner": "select",
-                "refiner_score": "number", "needs_review": "checkbox"}
+                "refiner_score": "number", "needs_review": "checkbox", "review_reason": "select"}
     for label in labels_json:
         assert {a["name"]: a["input_type"] for a in label["attributes"]} == expected
         by_name = {a["name"]: a for a in label["attributes"]}
@@ -349,6 +350,8 @@ def _run_annotate(monkeypatch, frames, raw_labels, *args):
         return client
 
     monkeypatch.setattr(cvat_sdk, "make_client", fake_make_client)
+    # the fake client stands for the whole HTTP side, /api/server/about included
+    monkeypatch.setattr(annotate_cmd, "check_is_cvat", lambda host, timeout: None)
     with socket.socket() as server:  # something listening, for the reachability probe
         server.bind(("127.0.0.1", 0))
         server.listen()

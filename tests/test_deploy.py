@@ -86,6 +86,21 @@ def test_dry_run_prints_and_runs_nothing(env):
     assert "no refiner bundle" in result.stderr
 
 
+def test_dry_run_without_nuctl_prints_the_commands(env):
+    """A preview needs no nuctl installed (issue 21); a real run still refuses without it."""
+    (env["bin"] / "nuctl").unlink()
+    result = deploy(env, "--dry-run", "--weights", str(env["weights"]))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "+ nuctl create project cvat --platform local" in out
+    assert "+ nuctl deploy pth-cvat-tools-wbc --project-name cvat --path " in out
+    assert "+ nuctl get function pth-cvat-tools-wbc --platform local" in out
+    assert "Dry run: nothing was deployed." in out
+    assert "not on PATH" in result.stderr and "nuctl-1.15.9-linux-amd64" in result.stderr
+    assert "could not read 'nuctl version'" not in result.stderr
+    assert not list(env["tmp"].glob("cvat-tools-nuclio.*"))  # staged context removed
+
+
 def test_real_run_creates_project_once_and_deploys_the_staged_context(env):
     result = deploy(env, "--weights", str(env["weights"]), "--gpu")
     assert result.returncode == 0, result.stderr

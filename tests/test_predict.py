@@ -66,7 +66,7 @@ def test_cvat_xml_matches_the_pipeline(mixed_run, mixed_dir, weights_dir):
     assert [spec.name for spec in dataset.labels] == list(labels.ALL_CLASSES)
     declared = {a.name for a in dataset.labels[0].attributes}
     assert declared == {"classifier", "classifier_score", "refiner", "refiner_score",
-                        "needs_review"}
+                        "needs_review", "review_reason"}
     pipeline = Pipeline.load(weights=weights_dir)
     for image in dataset.images:
         rgb = load_image(mixed_dir / image.name)

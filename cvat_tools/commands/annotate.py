@@ -153,11 +153,51 @@ def explain(exc: BaseException, host: str, timeout: float, doing: str) -> CvatTo
     return None
 
 
-def connect(host: str, login: dict):
+ABOUT = "/api/server/about"  # public in every CVAT (no login): the cheapest "are you CVAT?"
+
+
+def check_is_cvat(host: str, timeout: float) -> None:
+    """One GET of ``/api/server/about``: a web server that is not CVAT (another app, a proxy's
+    login or error page) is named here in one line, before cvat-sdk dumps its HTML and the
+    task gets the blame."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    base = host if "://" in host else f"https://{host}"
+    url = base.rstrip("/") + ABOUT
+    cause = ("check --host: it must be CVAT itself (e.g. http://localhost:8080), not another "
+             "web server or a proxy's page")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (the user's host)
+            kind, body = answer.headers.get("Content-Type", "?"), answer.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        kind = exc.headers.get("Content-Type", "?") if exc.headers else "?"
+        raise CvatToolsError(f"{redact(url)} answered HTTP {exc.code} ({kind.split(';')[0]}), "
+                             f"not CVAT's API; {cause}") from None
+    except (urllib.error.URLError, ssl.SSLError, OSError, ValueError) as exc:
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            raise CvatToolsError(f"CVAT at {redact(host)} did not answer within {timeout:g} s "
+                                 "while asking for its version; check the server, or raise "
+                                 "--timeout") from None
+        return  # TLS, redirects, proxies: cvat-sdk meets them next and says what it finds
+    try:
+        about = json.loads(body.decode("utf-8"))
+        is_cvat = isinstance(about, dict) and "version" in about
+    except (UnicodeDecodeError, ValueError):
+        is_cvat = False
+    if not is_cvat:
+        raise CvatToolsError(f"{redact(url)} answered {kind.split(';')[0]} that is not CVAT's "
+                             f"server description; {cause}")
+
+
+def connect(host: str, login: dict, timeout: float = DEFAULT_TIMEOUT):
     """A logged-in cvat-sdk client, or CvatToolsError saying what went wrong."""
     import cvat_sdk
 
     probe(host)
+    check_is_cvat(host, timeout)
     return cvat_sdk.make_client(host, **login)
 
 
@@ -188,7 +228,9 @@ def check_task_labels(client, task_id: int, conv_mask_to_poly: bool | None,
 @click.option("--segmenter", type=click.Path(file_okay=False, path_type=Path),
               help="Segmenter bundle, or 'classical' for the watershed segmenter.")
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--refiner", type=click.Path(file_okay=False, path_type=Path),
+              help="DANN refiner bundle (default: shipped), or 'none': the classifier's answer "
+                   "is final.")
 @click.option("--device", default="cpu", show_default=True, callback=device_option,
               help="cpu, cuda or cuda:N.")
 @click.option("--timeout", type=click.FloatRange(1.0, 3600.0), default=DEFAULT_TIMEOUT,
@@ -196,7 +238,8 @@ def check_task_labels(client, task_id: int, conv_mask_to_poly: bool | None,
 @scale_options
 def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_unmatched_labels,
              weights, segmenter, classifier, refiner, device, timeout, cell_size, um_per_px):
-    """Pre-label every frame of a CVAT task with masks, cell types and review flags.
+    """Pre-label every frame of a CVAT task with masks, cell types and review flags (a bar
+    per frame on stderr when it is a terminal).
 
     Credentials: CVAT_ACCESS_TOKEN, or CVAT_USER and CVAT_PASSWORD, in the environment.
     The task's labels must be ours (cvat-tools predict writes them as labels.json for
@@ -207,6 +250,7 @@ def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_
     from cvat_sdk.core.helpers import DeferredTqdmProgressReporter
 
     from ..cvat_function import create
+    from ..progress import tqdm_args
 
     scale_args = checked(cell_size, um_per_px)
     login = credentials_from_env()
@@ -214,7 +258,7 @@ def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_
     doing = "logging in"
     with network_timeouts(timeout):
         try:
-            client = connect(host, login)
+            client = connect(host, login, timeout)
             with client:
                 doing = f"reading task {task_id}"
                 conv = check_task_labels(client, task_id, conv_mask_to_poly,
@@ -222,7 +266,7 @@ def annotate(host, task_id, clear_existing, threshold, conv_mask_to_poly, allow_
                 function = create(weights=weights, segmenter=segmenter, classifier=classifier,
                                   refiner=refiner, device=device, **scale_args)
                 doing = f"annotating task {task_id}"
-                annotate_task(client, task_id, function, pbar=DeferredTqdmProgressReporter(),
+                annotate_task(client, task_id, function, pbar=DeferredTqdmProgressReporter(tqdm_args()),
                               clear_existing=clear_existing, conf_threshold=threshold,
                               conv_mask_to_poly=conv,
                               allow_unmatched_labels=allow_unmatched_labels)

@@ -33,15 +33,14 @@ def _overlay(image, gt_masks, dets, path: Path) -> None:
 
 def evaluate(segmenter, samples, single_cell: bool, overlays: Path | None = None, limit: int | None = None):
     """Scores of one segmenter over samples; also seconds per image."""
-    from tqdm import tqdm
-
     from ..imaging import load_image
+    from ..progress import bar
     from ..segment.single_cell import segment_single_cell
     from ..metrics.segmentation import SegmentationScores
 
     scores = SegmentationScores()
     seconds = 0.0
-    for sample in tqdm(samples[:limit] if limit else samples, desc=segmenter.name, unit="img", leave=False):
+    for sample in bar(samples[:limit] if limit else samples, desc=segmenter.name, unit="img", leave=False):
         image = load_image(sample.image)
         h, w = image.shape[:2]
         t0 = time.perf_counter()
@@ -66,7 +65,9 @@ def evaluate(segmenter, samples, single_cell: bool, overlays: Path | None = None
               help="export (COCO) folder, BCCD folder or JTSC folder (detected from its files)")
 @click.option("--bundle", "bundles", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="segmenter bundle (repeatable); default: the shipped one")
-@click.option("--classical", is_flag=True, help="also (or only) score the classical watershed segmenter")
+@click.option("--classical", is_flag=True,
+              help="also score the classical watershed segmenter, side by side with the --bundle "
+                   "ones (default: the shipped Mask R-CNN)")
 @click.option("--split", default=None, help="BCCD: split to score (default test)")
 @click.option("--overlays", type=click.Path(file_okay=False), default=None,
               help="write overlay PNGs (ground truth blue, prediction green) to this folder "
@@ -101,14 +102,13 @@ def segmenter(data, bundles, classical, split, overlays, json_out, limit, thread
     elif split is not None:
         raise InputError(f"{data} is a {fmt} folder without splits; drop --split")
     samples = read_samples(data, split)
-    segmenters = [load_segmenter(b) for b in bundles]
-    if not segmenters and not classical:
-        segmenters.append(load_segmenter(None))
+    # --classical compares: the watershed beside the given bundles, else beside the shipped one
+    segmenters = [load_segmenter(b) for b in bundles] or [load_segmenter(None)]
     for seg in segmenters:
         if hasattr(seg, "set_scale"):
             seg.set_scale(scale_mode, **scale_args)
-    if classical:
-        segmenters.append(ClassicalSegmenter())
+    if classical and not any(isinstance(seg, ClassicalSegmenter) for seg in segmenters):
+        segmenters.append(ClassicalSegmenter())  # (no shipped Mask R-CNN: it is already there)
     single_cell = fmt == "jtsc"
     results = {}
     written = atomic_dir(overlays, command="evaluate segmenter") if overlays else contextlib.nullcontext()

@@ -6,7 +6,9 @@
     OUT/overlays/*.png       --overlay: outlines, label and score drawn on each image
     OUT/report/counts.csv    --report: differential count per image and in total
     OUT/report/counts.png    --report: bar chart of the total differential count
-    OUT/predict.json         what was run: models, threshold, images, failures
+    OUT/report/review.csv    --report: each cell to review (marked ?N on its overlay) and why
+    OUT/predict.json         what was run: models, threshold, images (with their cells to
+                             review and why), failures
 
 OUT is written beside itself and swapped in whole at the end (no half-written output). Bad
 files (corrupt, not images, too large) are skipped and listed at the end with the reason; the
@@ -94,14 +96,28 @@ def _palette(labels: list[str]) -> dict[str, tuple[int, int, int]]:
     return {name: _COLORS[i % len(_COLORS)] for i, name in enumerate(labels)}
 
 
+def review_list(instances: list[Instance]) -> list[dict]:
+    """The flagged cells of one image in drawing order: mark ("?1", ...), index, label, reason."""
+    from ..pipeline import ATTR_REVIEW_REASON, review_note
+
+    flagged = [(i, inst) for i, inst in enumerate(instances)
+               if inst.attributes.get("needs_review") == "true"]
+    return [{"mark": f"?{n}", "cell": i, "label": inst.label, "detection_score": round(inst.score, 4),
+             "reason": inst.attributes.get(ATTR_REVIEW_REASON, ""),
+             "note": review_note(inst.label, inst.attributes)}
+            for n, (i, inst) in enumerate(flagged, 1)]
+
+
 def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> np.ndarray:
-    """The image with each cell's outline, label and detection score."""
+    """The image with each cell's outline, label and detection score; a cell to review gets a
+    mark (?1, ?2, ...) that the legend in a corner explains."""
     import cv2
 
     canvas = image.copy()
     scale = max(image.shape[:2]) / 1000.0
     thickness = max(2, int(round(2 * scale)))
-    for inst in instances:
+    marks = {entry["cell"]: entry["mark"] for entry in review_list(instances)}
+    for index, inst in enumerate(instances):
         mask = inst.geometry
         assert isinstance(mask, Mask)
         color = colors.get(inst.label, (255, 255, 0))
@@ -109,8 +125,7 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> 
                                        cv2.CHAIN_APPROX_SIMPLE, offset=(mask.left, mask.top))
         cv2.drawContours(canvas, contours, -1, (0, 0, 0), thickness + 2)  # dark rim: contrast
         cv2.drawContours(canvas, contours, -1, color, thickness)
-        review = inst.attributes.get("needs_review") == "true"
-        text = f"{inst.label} {inst.score:.2f}" + (" ?" if review else "")
+        text = f"{inst.label} {inst.score:.2f}" + (f" {marks[index]}" if index in marks else "")
         font_scale = max(0.4, 0.6 * scale)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         x = int(min(max(mask.left, 0), max(image.shape[1] - tw, 0)))
@@ -120,7 +135,38 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> 
         ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 128 else (255, 255, 255)
         cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink,
                     max(1, thickness // 2), cv2.LINE_AA)
+    if marks:
+        _legend(canvas, instances, review_list(instances), scale)
     return canvas
+
+
+def _legend(canvas: np.ndarray, instances: list[Instance], review: list[dict], scale: float) -> None:
+    """The reasons of the ?N marks, in the corner that hides the fewest cell pixels."""
+    import cv2
+
+    font, font_scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.38, 0.45 * scale)
+    lines = ["?N: type in doubt (the number after a type is its detection score)"]
+    lines += [f"{entry['mark']} {entry['note']}" for entry in review]
+    (_, th), base = cv2.getTextSize("Ag", font, font_scale, 1)
+    step = th + base + 4
+    fits = max(2, (canvas.shape[0] // 2) // step)  # at most half the image high
+    if len(lines) > fits:
+        lines = lines[:fits - 1] + [f"... {len(lines) - fits + 1} more in predict.json"]
+    width = min(canvas.shape[1], 8 + max(cv2.getTextSize(t, font, font_scale, 1)[0][0] for t in lines))
+    height = min(canvas.shape[0], 6 + step * len(lines))
+    cells = np.zeros(canvas.shape[:2], bool)
+    for inst in instances:
+        m = inst.geometry
+        cells[m.top:m.top + m.height, m.left:m.left + m.width] |= np.asarray(m.bitmap, bool)[
+            :max(0, canvas.shape[0] - m.top), :max(0, canvas.shape[1] - m.left)]
+    corners = [(canvas.shape[0] - height, 0), (canvas.shape[0] - height, canvas.shape[1] - width),
+               (0, 0), (0, canvas.shape[1] - width)]
+    top, left = min(corners, key=lambda c: cells[c[0]:c[0] + height, c[1]:c[1] + width].sum())
+    box = canvas[top:top + height, left:left + width]
+    box[:] = (0.25 * box + 0.75 * 255).astype(np.uint8)  # light panel, the image faint behind
+    for i, text in enumerate(lines):
+        cv2.putText(canvas, text, (left + 4, top + 3 + th + i * step), font, font_scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None:
@@ -142,6 +188,12 @@ def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None
         writer.writerow(["image", "cell_type", "count", "percent", "needs_review"])
         writer.writerows(rows)
     _bar_chart(total, class_order, folder / "counts.png", len(dataset.images))
+    with open(folder / "review.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "mark", "cell", "label", "detection_score", "reason", "note"])
+        for image in dataset.images:
+            writer.writerows([image.name, e["mark"], e["cell"], e["label"], e["detection_score"],
+                              e["reason"], e["note"]] for e in review_list(image.instances))
 
 
 def _count_rows(name: str, counts: Counter, review: Counter, order: list[str]) -> list[list]:
@@ -220,17 +272,18 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path,
     return write_yolo(dataset, target, image_files=image_files)
 
 
+
 # ---------------------------------------------------------------------------------------------
 # the command
 
 
 def _annotate(pipeline, item, threshold: float, failures: list[str], warnings_seen: list[str],
-              scales: dict[str, dict | None]):
+              scales: dict[str, dict | None], stage=None):
     """(image, instances) of one input, or None with the reason added to ``failures``; records
     the scale the segmenter applied and warns about grayscale images."""
     try:
         rgb = load_image(item.path)
-        instances = pipeline.run(rgb, threshold=threshold)
+        instances = pipeline.run(rgb, threshold=threshold, stage=stage)
     except CvatToolsError as exc:
         message = str(exc)
         if not message.startswith(str(item.path)):
@@ -256,8 +309,8 @@ def _summary(pipeline, dataset: Dataset, fmt: str, threshold: float, cell_size, 
         "refiner_prior": pipeline.refiner.decision_prior if pipeline.refiner is not None else None,
         "scale": {"cell_size": cell_size, "um_per_px": um_per_px,
                   "mode": "given" if cell_size or um_per_px else "estimated per image"},
-        "images": [{"name": im.name, "cells": len(im.instances), "scale": scales.get(im.name)}
-                   for im in dataset.images],
+        "images": [{"name": im.name, "cells": len(im.instances), "scale": scales.get(im.name),
+                    "review": review_list(im.instances)} for im in dataset.images],
         "failed": failures,
         "warnings": warnings_seen,
         "skipped_by_writer": dataset.skipped,
@@ -296,8 +349,9 @@ def _report_run(dataset: Dataset, out: Path, fmt: str, failures: list[str], warn
                    "WEIGHTS/segmenter, else the shipped Mask R-CNN).")
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Classifier bundle (default: shipped).")
-@click.option("--refiner", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="DANN refiner bundle (default: shipped; none = classifier's answer is final).")
+@click.option("--refiner", type=click.Path(file_okay=False, path_type=Path),
+              help="DANN refiner bundle (default: shipped), or 'none': the classifier's answer "
+                   "is final.")
 @click.option("--prior", type=click.Choice(["bundle", *PRIORS]), default="bundle",
               show_default=True, help="Refiner's decision prior: the bundle's own (shipped: the adult "
               "peripheral-blood differential), or none (all classes equally likely: e.g. a leukaemia smear).")
@@ -307,16 +361,18 @@ def _report_run(dataset: Dataset, out: Path, fmt: str, failures: list[str], warn
 @click.pass_context
 def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
             refiner, prior, device, cell_size, um_per_px):
-    """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders)."""
-    from tqdm import tqdm
+    """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders).
 
+    A progress bar shows on stderr when it is a terminal (stdout carries only the summary)."""
     from ..pipeline import Pipeline, label_specs
+    from ..progress import bar, status
 
     check_out(out, inputs)
     scale_args = checked(cell_size, um_per_px)
     images, failures = collect_inputs(inputs)
     if not images:
         raise InputError("no image among the inputs: " + "; ".join(failures))
+    status(f"loading models for {len(images)} image(s) ...")
     pipeline = Pipeline.load(segmenter=segmenter, classifier=classifier, refiner=refiner,
                              weights=weights, device=device, **scale_args)
     if prior != "bundle" and pipeline.refiner is not None:
@@ -329,8 +385,11 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
     with atomic_dir(out, command="predict") as tmp:
         if overlay:
             (tmp / "overlays").mkdir()
-        for item in tqdm(images, desc="predict", unit="image", disable=None):
-            done = _annotate(pipeline, item, threshold, failures, warnings_seen, scales)
+        progress = bar(images, desc="predict", unit="image")
+        for item in progress:
+            # the bar says which image, and which stage of it
+            stage = lambda text, name=item.name: progress.set_postfix_str(f"{name}: {text}")  # noqa: E731
+            done = _annotate(pipeline, item, threshold, failures, warnings_seen, scales, stage)
             if done is None:
                 continue
             rgb, instances = done
