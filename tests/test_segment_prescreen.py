@@ -133,6 +133,8 @@ def test_nucleus_contrast_tells_a_nucleus_from_red_cells():
     ratios = nucleus_contrast(image, [wbc, red])
     assert ratios[0] > 3 and ratios[1] < 1.2, ratios
     assert keep_nucleated(image, [wbc, red]) == [wbc]
+    red.score = 0.98  # the model is sure: its call stands
+    assert keep_nucleated(image, [wbc, red]) == [wbc, red]
     # Nothing else stained to compare with (a lone cell): every detection is kept.
     alone = np.full((300, 400, 3), (225, 220, 222), np.uint8)
     cv2.circle(alone, (200, 150), 40, (205, 150, 165), -1)
