@@ -277,13 +277,8 @@ def negatives(fields) -> list[tuple[str, np.ndarray]]:
         # Not in the issue's list: colour blobs that look like a field of cells (hard).
         blob = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 6)
         frames.append(("blurred colour noise (hard, extra)", cv2.normalize(blob, None, 0, 255, cv2.NORM_MINMAX)))
-    for image, lab in fields:  # the largest WBC-free quarter of each field: red cells only
-        h, w = lab.shape
-        for y0, x0 in ((0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)):
-            near = cv2.dilate((lab > 0).astype(np.uint8), np.ones((41, 41), np.uint8))
-            if not near[y0:y0 + h // 2, x0:x0 + w // 2].any():
-                frames.append(("red cells only", np.ascontiguousarray(image[y0:y0 + h // 2, x0:x0 + w // 2])))
-                break
+    # the first WBC-free quarter of each field: red cells only
+    frames += [("red cells only", q) for q in red_cell_quarters(fields, first_only=True)]
     return frames
 
 
@@ -310,9 +305,9 @@ PHOTO_GRID = 7  # 7 x 7 BCCD fields (4480 x 3360) resized by 0.9: WBCs ~157 px (
 SPARSE_SLOTS = ((0, 1), (1, 5), (3, 3), (4, 0), (5, 6), (6, 2))
 
 
-def red_cell_quarters(fields) -> list[np.ndarray]:
-    """Each field's quarters (320 x 240) at least 20 px from any WBC, plus their 180-degree
-    turns: red cells only."""
+def red_cell_quarters(fields, first_only: bool = False, turned: bool = False) -> list[np.ndarray]:
+    """Each field's quarters (320 x 240) at least 20 px from any WBC: red cells only (the
+    first per field with ``first_only``; each followed by its 180-degree turn with ``turned``)."""
     out = []
     for image, lab in fields:
         h, w = lab.shape
@@ -320,7 +315,9 @@ def red_cell_quarters(fields) -> list[np.ndarray]:
         for y0, x0 in ((0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)):
             if not near[y0:y0 + h // 2, x0:x0 + w // 2].any():
                 q = np.ascontiguousarray(image[y0:y0 + h // 2, x0:x0 + w // 2])
-                out += [q, np.ascontiguousarray(q[::-1, ::-1])]
+                out += [q, np.ascontiguousarray(q[::-1, ::-1])] if turned else [q]
+                if first_only:
+                    break
     return out
 
 
@@ -331,7 +328,7 @@ def photo(kind: str, fields) -> tuple[np.ndarray, np.ndarray]:
     if kind == "dense":
         slots = (fields * 2)[:k * k]
     else:
-        quarters = red_cell_quarters(fields)
+        quarters = red_cell_quarters(fields, turned=True)
         whole = iter(fields)
         slots, q = [], 0
         for r in range(k):

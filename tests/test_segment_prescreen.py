@@ -4,48 +4,34 @@ BCCD, JTSC and PBC images."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 
 import cv2
 import numpy as np
-import pytest
 
 from cvat_tools.segment.prescreen import keep_nucleated, nucleus_blobs, nucleus_contrast
-from cvat_tools.segment.tiling import plan_tiles, plan_windows, segment_resampled
+from cvat_tools.segment.tiling import plan_windows, segment_resampled
 
-from test_scale_tiling import _iou, disc_detector, discs_image
-
-
-def _fields(bccd_dir, split="test", n=None):
-    with open(bccd_dir / "index.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == split][:n]
-    out = []
-    for r in rows:
-        image = cv2.cvtColor(cv2.imread(str(bccd_dir / r["image"])), cv2.COLOR_BGR2RGB)
-        _, lab = cv2.connectedComponents((cv2.imread(str(bccd_dir / r["mask"]), 0) > 0).astype(np.uint8))
-        out.append((image, lab))
-    return out
+from conftest import REPO
+from test_scale_tiling import _bccd, _iou, disc_detector, discs_image
 
 
 def _hit(blobs, mask):
     return any(mask[b.y0:b.y1, b.x0:b.x1].any() for b in blobs)
 
 
-def _red_cell_quarters(fields):
-    out = []
-    for image, lab in fields:
-        h, w = lab.shape
-        near = cv2.dilate((lab > 0).astype(np.uint8), np.ones((41, 41), np.uint8))
-        for y0, x0 in ((0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)):
-            if not near[y0:y0 + h // 2, x0:x0 + w // 2].any():
-                out.append(np.ascontiguousarray(image[y0:y0 + h // 2, x0:x0 + w // 2]))
-                break
-    return out
+def _red_cell_quarters(fields, first_only=True):
+    """The benchmark's red-cell-only crops (benchmarks/scale_sweep.py): what it measures."""
+    spec = importlib.util.spec_from_file_location("scale_sweep", REPO / "benchmarks" / "scale_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep.red_cell_quarters(fields, first_only=first_only)
 
 
 def test_prescreen_finds_every_held_out_bccd_wbc_at_three_zooms(bccd_dir):
     # Tuned on train + val; the 55 test fields are held out. WBCs ~174 px (the estimator's
     # cell size), and the same fields at 0.25x and 4x for a few.
-    fields = _fields(bccd_dir)
+    fields = _bccd(bccd_dir, None)
     for zoom, items in ((1.0, fields), (0.25, fields[:8]), (4.0, fields[:3])):
         missed = []
         for i, (image, lab) in enumerate(items):
@@ -70,7 +56,7 @@ def test_prescreen_finds_jtsc_cells_on_a_yellow_slide(jtsc_dir):
 
 def test_prescreen_skips_most_of_a_red_cell_only_field(bccd_dir):
     # Red cells alone: few blobs, so windows around them cover a small share of the field.
-    quarters = _red_cell_quarters(_fields(bccd_dir, n=20))
+    quarters = _red_cell_quarters(_bccd(bccd_dir, 20))
     image = np.vstack([np.hstack(quarters[i:i + 4]) for i in range(0, 16, 4)])  # 1280 x 960
     blobs = nucleus_blobs(image, 174.0)
     area = sum((b.x1 - b.x0 + 130) * (b.y1 - b.y0 + 130) for b in blobs)  # + 0.75 WBC margins
@@ -147,7 +133,7 @@ def test_nucleus_contrast_tells_a_nucleus_from_red_cells():
 def test_shipped_segmenter_screens_a_sparse_wide_field(shipped_segmenter, bccd_dir):
     # 3 x 3 fields at 1.4x (2688 x 2016, tiled): two hold their WBCs, seven red cells only.
     # Every WBC is found once, nothing else, and the model sees a fraction of the canvas.
-    fields = _fields(bccd_dir)
+    fields = _bccd(bccd_dir, None)
     quarters = _red_cell_quarters(fields)
     slots, labs, q = [], [], 0
     for i in range(9):
@@ -189,5 +175,5 @@ def test_shipped_segmenter_drops_red_cells_without_a_nucleus(shipped_segmenter, 
         x1, y1, x2, y2 = centre_detection(dets, *image.shape[:2]).box
         assert x1 < image.shape[1] / 2 < x2 and y1 < image.shape[0] / 2 < y2
     # Red-cell-only crops of BCCD test fields: no WBC (the model took red cells for 2).
-    for crop in _red_cell_quarters(_fields(bccd_dir, n=20)):
+    for crop in _red_cell_quarters(_bccd(bccd_dir, 20)):
         assert shipped_segmenter.segment(crop, 0.5) == []
