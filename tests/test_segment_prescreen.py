@@ -127,6 +127,20 @@ def test_nucleus_contrast_tells_a_nucleus_from_red_cells():
     assert nucleus_contrast(alone, [wbc]) is None and keep_nucleated(alone, [wbc]) == [wbc]
 
 
+def test_plausible_size_drops_small_objects_inside_the_frame_only():
+    from cvat_tools.formats.annotations import Mask
+    from cvat_tools.segment.base import Detection
+    from cvat_tools.segment.prescreen import plausible_size
+
+    def square(x, y, side):
+        return Detection(Mask(np.ones((side, side), bool), x, y), 0.9)
+
+    big, small, cut = square(100, 100, 90), square(300, 100, 30), square(0, 200, 30)
+    # 40 px minimum diameter: a 30-px square (34 px equivalent) inside goes, at the border stays
+    assert plausible_size([big, small, cut], 40.0, 400, 500) == [big, cut]
+    assert plausible_size([big, small, cut], 30.0, 400, 500) == [big, small, cut]
+
+
 # -- the shipped segmenter ---------------------------------------------------------------------
 
 
@@ -160,15 +174,16 @@ def test_shipped_segmenter_screens_a_sparse_wide_field(shipped_segmenter, bccd_d
 
 PBC_RED_CELLS_TAKEN = ["ig/PMY_976891.jpg", "ig/PMY_982613.jpg", "ig/PMY_985586.jpg",
                        "ig/PMY_989352.jpg", "lymphocyte/LY_986779.jpg", "monocyte/MO_995508.jpg"]
+PBC_PLATELETS_TAKEN = ["basophil/BA_99625.jpg", "lymphocyte/LY_99358.jpg"]
 
 
 def test_shipped_segmenter_drops_red_cells_without_a_nucleus(shipped_segmenter, pbc_dir, bccd_dir):
     # PBC images where the model also outlines a red cell (score >= 0.5, nucleus contrast
-    # 0.95-1.24): one cell each, the centred one.
+    # 0.95-1.24) or a platelet (0.3x a WBC across): one cell each, the centred one.
     from cvat_tools.imaging import load_image
     from cvat_tools.segment.single_cell import centre_detection
 
-    for name in PBC_RED_CELLS_TAKEN:
+    for name in PBC_RED_CELLS_TAKEN + PBC_PLATELETS_TAKEN:
         image = load_image(pbc_dir / name)
         dets = shipped_segmenter.segment(image, 0.5)
         assert len(dets) == 1, (name, [d.score for d in dets])

@@ -210,7 +210,7 @@ class MaskRCNNSegmenter:
 
     def segment(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
         from ..scale import canonical_wbc_px
-        from .prescreen import keep_nucleated
+        from .prescreen import MIN_WBC_SHARE, keep_nucleated, plausible_size
         from .tiling import TILE, segment_resampled
 
         image = check_image(image)
@@ -234,9 +234,12 @@ class MaskRCNNSegmenter:
             screen=None if scale.grayscale else _screen(image, wbc / scale.factor),
             stats=self.last_tiles,
         )
-        # A WBC has a nucleus denser than the red cells around it (segment/prescreen.py); a
-        # grey image has no stain colour to judge by.
-        return found if scale.grayscale or fixed else keep_nucleated(image, found)
+        if fixed:
+            return found
+        # A WBC is not much smaller than the trained size and has a nucleus denser than the
+        # red cells around it (segment/prescreen.py); a grey image has no stain colour.
+        found = plausible_size(found, MIN_WBC_SHARE * wbc / scale.factor, *image.shape[:2])
+        return found if scale.grayscale else keep_nucleated(image, found)
 
 
 def _screen(image: np.ndarray, cell_px: float):
