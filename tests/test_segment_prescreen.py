@@ -13,7 +13,7 @@ from cvat_tools.segment.prescreen import keep_nucleated, nucleus_blobs, nucleus_
 from cvat_tools.segment.tiling import plan_windows, segment_resampled
 
 from conftest import REPO
-from test_scale_tiling import _bccd, _iou, disc_detector, discs_image
+from test_scale_tiling import _bccd, _iou, disc_detector, discs_image, scattered
 
 
 def _hit(blobs, mask):
@@ -79,13 +79,8 @@ def test_plan_windows_grow_merge_split_and_own_their_interior():
 def test_windows_run_only_where_the_screen_points_and_register_exactly():
     # 10 cells on a wide field: the screen names 4, only those are found, whole and on the
     # same pixels, and the detector sees far fewer pixels than the tiles would give it.
-    rng = np.random.default_rng(5)
     h, w, radius = 1500, 2000, 75
-    centres = []
-    while len(centres) < 10:
-        c = (rng.uniform(radius + 2, w - radius - 2), rng.uniform(radius + 2, h - radius - 2))
-        if all((c[0] - a) ** 2 + (c[1] - b) ** 2 > (2 * radius + 12) ** 2 for a, b in centres):
-            centres.append(c)
+    centres = scattered(np.random.default_rng(5), 10, radius, h, w)
     image, truths = discs_image(h, w, centres, radius)
     chosen = [(cx - 30, cy - 30, cx + 30, cy + 30) for cx, cy in centres[:4]]  # nucleus-sized
     calls, stats = [], {}
