@@ -14,9 +14,10 @@ empty frames, speed (issue 16).
 (c) single: JTSC images upscaled 3.5x (a 420x420 frame filled by the cell) and PBC images:
     share with exactly one instance (score >= 0.5); JTSC Dice of the centre instance.
 (d) negatives: 20 blank / black / noise frames and red-cell-only BCCD crops: WBCs found.
-(e) speed: a 640x480 BCCD field and a 4032x3024 photograph with ~150-px WBCs (an 8x8
-    mosaic of BCCD test fields), each in its own process: seconds (scale estimation
-    included) and peak RSS.
+(e) speed: a 640x480 BCCD field and a 4032x3024 photograph with ~157-px WBCs (a 7x7 mosaic
+    of BCCD test fields resized by 0.9: "sparse", 6 fields with WBCs among red-cell-only
+    fields, as a real photo; "dense", a WBC in every field), each in its own process:
+    seconds (scale estimation included), peak RSS, the tiles run / planned, recall.
 
 ``--modes fixed`` is the rule before scale estimation (long side -> working size).
 """
@@ -276,13 +277,8 @@ def negatives(fields) -> list[tuple[str, np.ndarray]]:
         # Not in the issue's list: colour blobs that look like a field of cells (hard).
         blob = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 6)
         frames.append(("blurred colour noise (hard, extra)", cv2.normalize(blob, None, 0, 255, cv2.NORM_MINMAX)))
-    for image, lab in fields:  # the largest WBC-free quarter of each field: red cells only
-        h, w = lab.shape
-        for y0, x0 in ((0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)):
-            near = cv2.dilate((lab > 0).astype(np.uint8), np.ones((41, 41), np.uint8))
-            if not near[y0:y0 + h // 2, x0:x0 + w // 2].any():
-                frames.append(("red cells only", np.ascontiguousarray(image[y0:y0 + h // 2, x0:x0 + w // 2])))
-                break
+    # the first WBC-free quarter of each field: red cells only
+    frames += [("red cells only", q) for q in red_cell_quarters(fields, first_only=True)]
     return frames
 
 
@@ -299,20 +295,90 @@ def part_negatives(seg, fields) -> list[dict]:
     return rows
 
 
-def speed_case(case: str, mode: str, threads: int) -> dict:
+PHOTO = (4032, 3024)
+PHOTO_GRID = 7  # 7 x 7 BCCD fields (4480 x 3360) resized by 0.9: WBCs ~157 px (BCCD median 174)
+# Slots that hold a whole BCCD test field (its WBCs); the rest hold red cells only. A smear
+# photograph with 150-px WBCs covers ~500 WBC areas, ~1500 red cells; at 1 WBC per 500-1000
+# red cells it holds 2-3 WBCs (10 in a dense leukocytosis region): 6 fields (~7 WBCs) is a
+# busy photo. "dense" puts a field with its WBCs in every slot (49 fields, ~57 WBCs): the
+# worst case, every tile holds a WBC.
+SPARSE_SLOTS = ((0, 1), (1, 5), (3, 3), (4, 0), (5, 6), (6, 2))
+
+
+def red_cell_quarters(fields, first_only: bool = False, turned: bool = False) -> list[np.ndarray]:
+    """Each field's quarters (320 x 240) at least 20 px from any WBC: red cells only (the
+    first per field with ``first_only``; each followed by its 180-degree turn with ``turned``)."""
+    out = []
+    for image, lab in fields:
+        h, w = lab.shape
+        near = cv2.dilate((lab > 0).astype(np.uint8), np.ones((41, 41), np.uint8))
+        for y0, x0 in ((0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)):
+            if not near[y0:y0 + h // 2, x0:x0 + w // 2].any():
+                q = np.ascontiguousarray(image[y0:y0 + h // 2, x0:x0 + w // 2])
+                out += [q, np.ascontiguousarray(q[::-1, ::-1])] if turned else [q]
+                if first_only:
+                    break
+    return out
+
+
+def photo(kind: str, fields) -> tuple[np.ndarray, np.ndarray]:
+    """A 4032 x 3024 smear photograph with ~157-px WBCs built from BCCD test fields, and its
+    WBC label image: "sparse" (6 fields with WBCs among red cells) or "dense" (all fields)."""
+    k = PHOTO_GRID
+    if kind == "dense":
+        slots = (fields * 2)[:k * k]
+    else:
+        quarters = red_cell_quarters(fields, turned=True)
+        whole = iter(fields)
+        slots, q = [], 0
+        for r in range(k):
+            for c in range(k):
+                if (r, c) in SPARSE_SLOTS:
+                    slots.append(next(whole))
+                    continue
+                four = [quarters[(q + i) % len(quarters)] for i in range(4)]
+                q += 4
+                slots.append((np.vstack([np.hstack(four[:2]), np.hstack(four[2:])]),
+                              np.zeros((480, 640), np.int32)))
+    image, lab = mosaic(slots, k)
+    return (cv2.resize(image, PHOTO, interpolation=cv2.INTER_AREA),
+            cv2.resize(lab.astype(np.uint16), PHOTO, interpolation=cv2.INTER_NEAREST).astype(np.int32))
+
+
+def photo_matches(dets, lab: np.ndarray) -> tuple[int, int, int]:
+    """(true positives, false positives, WBCs) at score >= SCORE and mask IoU >= 0.5, each
+    IoU on the two boxes' union only (full-size masks of a 12 MP photo are 12 MB each)."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats((lab > 0).astype(np.uint8))
+    gts = [(x, y, x + w, y + h) for x, y, w, h, a in stats[1:] if a >= 30]
+    used, tp = set(), 0
+    for d in sorted((d for d in dets if d.score >= SCORE), key=lambda d: -d.score):
+        dx0, dy0, dx1, dy1 = d.box
+        for g, (gx0, gy0, gx1, gy1) in enumerate(gts):
+            x0, y0, x1, y1 = min(dx0, gx0), min(dy0, gy0), max(dx1, gx1), max(dy1, gy1)
+            if g in used or dx0 >= gx1 or gx0 >= dx1 or dy0 >= gy1 or gy0 >= dy1:
+                continue
+            p = _shifted(d, -x0, -y0).full_mask(y1 - y0, x1 - x0)
+            q = lab[y0:y1, x0:x1] > 0
+            if (p & q).sum() >= 0.5 * (p | q).sum():
+                used.add(g)
+                tp += 1
+                break
+    return tp, sum(d.score >= SCORE for d in dets) - tp, len(gts)
+
+
+def speed_case(case: str, mode: str, threads: int, photo_file: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     seg = load(mode)
-    fields = bccd("test", None if case == "4032x3024" else 1)
-    if case == "4032x3024":
-        image, _ = mosaic((fields * 2)[:64], 8)  # 55 test fields, a few twice
-        image = cv2.resize(image, (4032, 3024), interpolation=cv2.INTER_AREA)  # WBCs ~137 px
+    if photo_file:  # built by the parent: this process's peak RSS is the segmenter's
+        with np.load(photo_file) as z:
+            image, lab = z["image"], z["lab"]
     else:
-        image = fields[0][0]
+        image, lab = bccd("test", 1)[0]
     seg.segment(image, SCORE)  # warm-up
-    repeats = 2 if case == "4032x3024" else 5
+    repeats = 5 if case == "640x480" else 2
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         dets = seg.segment(image, SCORE)
@@ -320,22 +386,33 @@ def speed_case(case: str, mode: str, threads: int) -> dict:
     # CPU seconds (all threads): what the case costs when the machine is shared; with
     # --threads 1 it is the idle single-thread wall time.
     cpu = (time.process_time() - c0) / repeats
+    tp, fp, wbcs = photo_matches(dets, lab)
     sc = getattr(seg, "last_scale", None)
     return {"part": "speed", "data": case, "mode": mode, "threads": threads, "seconds": seconds, "cpu_seconds": cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "cells": len(dets), "factor": sc.factor if sc else None,
+            "cells": len(dets), "wbcs": wbcs, "recall": tp / max(wbcs, 1),
+            "precision": tp / max(tp + fp, 1), "factor": sc.factor if sc else None,
+            **{k: v for k, v in getattr(seg, "last_tiles", {}).items()},
             "load_average_1min": os.getloadavg()[0]}
 
 
 def part_speed(mode: str, threads: int) -> list[dict]:
+    import tempfile
+
     rows = []
-    for case in ("640x480", "4032x3024"):
-        out = subprocess.run([sys.executable, __file__, "--speed-one", case, mode, "--threads", str(threads)],
-                             capture_output=True, text=True, check=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        emit(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in ("640x480", "4032x3024 sparse", "4032x3024 dense"):
+            cmd = [sys.executable, __file__, "--speed-one", case, mode, "--threads", str(threads)]
+            if case != "640x480":
+                path = os.path.join(tmp, case.split()[-1] + ".npz")
+                image, lab = photo(case.split()[-1], bccd("test"))
+                np.savez(path, image=image, lab=lab.astype(np.uint16))
+                cmd += ["--photo", path]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            emit(row)
     return rows
 
 
@@ -382,12 +459,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--speed-one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--photo", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.calibrate:
         calibrate()
         return
     if args.speed_one:
-        print(json.dumps(speed_case(*args.speed_one, args.threads)))
+        print(json.dumps(speed_case(*args.speed_one, args.threads, args.photo)))
         return
     import torch
 

@@ -50,6 +50,16 @@ def discs_image(h, w, centres, radius):
     return np.repeat(image[..., None], 3, axis=2), truths
 
 
+def scattered(rng, n, radius, h, w):
+    """``n`` disc centres inside an h x w field, 12 px or more apart."""
+    centres = []
+    while len(centres) < n:
+        c = (rng.uniform(radius + 2, w - radius - 2), rng.uniform(radius + 2, h - radius - 2))
+        if all((c[0] - a) ** 2 + (c[1] - b) ** 2 > (2 * radius + 12) ** 2 for a, b in centres):
+            centres.append(c)
+    return centres
+
+
 def _iou(a, b):
     return np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1)
 
@@ -72,13 +82,8 @@ def test_registration_through_resample_tiles_and_paste(radius, factor):
     # Cells scattered over a wide field, several across tile borders, resampled to ~105 px
     # (the canonical size; overlap 160 = 1.5 of it): each comes back once, whole, on the
     # same pixels.
-    rng = np.random.default_rng(3)
     h, w = (1500, 2000) if radius > 30 else (400, 600)
-    centres = []
-    while len(centres) < 14:
-        c = (rng.uniform(radius + 2, w - radius - 2), rng.uniform(radius + 2, h - radius - 2))
-        if all((c[0] - a) ** 2 + (c[1] - b) ** 2 > (2 * radius + 12) ** 2 for a, b in centres):
-            centres.append(c)
+    centres = scattered(np.random.default_rng(3), 14, radius, h, w)
     image, truths = discs_image(h, w, centres, radius)
     calls = []
     dets = segment_resampled(disc_detector(calls), image, factor, threshold=0.5, overlap=160,

@@ -161,6 +161,7 @@ class MaskRCNNSegmenter:
         self.device = device
         self.mask_threshold = mask_threshold
         self.last_scale = None  # the Scale of the latest segment() call (predict.json records it)
+        self.last_tiles: dict = {}  # tiles run / planned, candidates screened (benchmarks report it)
         self.set_scale(scale, cell_size, um_per_px)
 
     def set_scale(self, scale: str = "auto", cell_size: float | None = None,
@@ -209,6 +210,7 @@ class MaskRCNNSegmenter:
 
     def segment(self, image: np.ndarray, threshold: float = 0.5) -> list[Detection]:
         from ..scale import canonical_wbc_px
+        from .prescreen import MIN_WBC_SHARE, keep_nucleated, plausible_size
         from .tiling import TILE, segment_resampled
 
         image = check_image(image)
@@ -221,13 +223,30 @@ class MaskRCNNSegmenter:
         fixed = scale.method == "fixed"
         side = self.long_side
         wbc = self.wbc_px or canonical_wbc_px(side)
-        return segment_resampled(
+        self.last_tiles = {}
+        found = segment_resampled(
             self._detect, image, scale.factor, threshold, self.mask_threshold,
             overlap=math.ceil(1.5 * wbc), tile=max(TILE, 2 * side, math.ceil(4 * wbc)),
             prepare=balance_background if self.balance else None,
             # the trained field (long side x 3/4) is the smallest canvas the model sees
             min_canvas=(0, 0) if fixed else (side, round(side * 0.75)),
+            # no stain colour, no nucleus evidence: a grey image runs every tile
+            screen=None if scale.grayscale else _screen(image, wbc / scale.factor),
+            stats=self.last_tiles,
         )
+        if fixed:
+            return found
+        # A WBC is not much smaller than the trained size and has a nucleus denser than the
+        # red cells around it (segment/prescreen.py); a grey image has no stain colour.
+        found = plausible_size(found, MIN_WBC_SHARE * wbc / scale.factor, *image.shape[:2])
+        return found if scale.grayscale else keep_nucleated(image, found)
+
+
+def _screen(image: np.ndarray, cell_px: float):
+    """The tiler's pre-screen: nucleus blob boxes of ``image`` (WBCs ``cell_px`` across)."""
+    from .prescreen import nucleus_blobs
+
+    return lambda: [(b.x0, b.y0, b.x1, b.y1) for b in nucleus_blobs(image, cell_px)]
 
 
 GRAYSCALE_WARNING = ("grayscale image (R = G = B): the segmenter was trained on stained colour "

@@ -76,6 +76,75 @@ def plan_tiles(width: int, height: int, tile: int = TILE, overlap: int = 160) ->
             for y, (cya, cyb) in zip(ys, cy) for x, (cxa, cxb) in zip(xs, cx)]
 
 
+def _window(box: tuple[float, float, float, float], margin: float, cw: int, ch: int,
+            align: int = 32) -> tuple[int, int, int, int]:
+    """A blob's box grown by ``margin`` (a whole WBC and some context around its nucleus),
+    sides rounded up to ``align`` (the model pads to it anyway), inside the canvas."""
+    x0, y0, x1, y1 = box
+
+    def side(lo: float, hi: float, length: int) -> tuple[int, int]:
+        size = min(length, math.ceil((hi - lo + 2 * margin) / align) * align)
+        start = int(round((lo + hi - size) / 2))
+        start = min(max(start, 0), length - size)
+        return start, start + size
+
+    (wx0, wx1), (wy0, wy1) = side(x0, x1, cw), side(y0, y1, ch)
+    return wx0, wy0, wx1, wy1
+
+
+def _union(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _area(r: tuple[int, ...]) -> int:
+    return (r[2] - r[0]) * (r[3] - r[1])
+
+
+def _merge_windows(wins: list[tuple[int, int, int, int]], tile: int) -> list[tuple[int, int, int, int]]:
+    """Overlapping windows joined while one window costs no more than two (the model's time
+    grows with pixels) and stays within one tile."""
+    wins = list(wins)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(wins)):
+            for j in range(i + 1, len(wins)):
+                u = _union(wins[i], wins[j])
+                if (u[2] - u[0] <= tile and u[3] - u[1] <= tile
+                        and _area(u) <= _area(wins[i]) + _area(wins[j])):
+                    wins[i] = u
+                    del wins[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return wins
+
+
+def plan_windows(boxes: list[tuple[float, float, float, float]], width: int, height: int,
+                 margin: float, tile: int = TILE) -> list[Tile]:
+    """Windows around candidate boxes (canvas px) of a width x height canvas. A window owns
+    the box centres of its interior (``margin`` / 2 in from each inner side): a cell cut by
+    an inner side is some other window's, or lies whole elsewhere in this one."""
+    wins = _merge_windows([_window(b, margin, width, height) for b in boxes], tile)
+    inset = margin / 2
+    out = []
+    for x0, y0, x1, y1 in wins:
+        if x1 - x0 > tile or y1 - y0 > tile:  # a stained region larger than a tile: tile it
+            out += [Tile(t.x0 + x0, t.y0 + y0, t.x1 + x0, t.y1 + y0,
+                         t.cx0 + x0 + (inset if t.x0 == 0 and x0 > 0 else 0),
+                         t.cy0 + y0 + (inset if t.y0 == 0 and y0 > 0 else 0),
+                         t.cx1 + x0 - (inset if t.x1 == x1 - x0 and x1 < width else 0),
+                         t.cy1 + y0 - (inset if t.y1 == y1 - y0 and y1 < height else 0))
+                    for t in plan_tiles(x1 - x0, y1 - y0, tile, int(2 * margin))]
+            continue
+        out.append(Tile(x0, y0, x1, y1,
+                        x0 + inset if x0 > 0 else 0.0, y0 + inset if y0 > 0 else 0.0,
+                        x1 - inset if x1 < width else float(width),
+                        y1 - inset if y1 < height else float(height)))
+    return out
+
+
 def resample(image: np.ndarray, factor: float) -> tuple[np.ndarray, tuple[float, float]]:
     """(image resized by ``factor``, exact (x, y) scales after rounding the size)."""
     h, w = image.shape[:2]
@@ -125,11 +194,35 @@ def merge(candidates: list[_Candidate]) -> list[Detection]:
     return [c.det for c in sorted(kept, key=lambda c: -c.det.score)]
 
 
+Screen = Callable[[], list[tuple[float, float, float, float]]]
+
+
+def _plan(cw: int, ch: int, tile: int, overlap: int, screen: Screen | None,
+          to_canvas: Callable[[tuple[float, ...]], tuple[float, ...]]) -> tuple[list[Tile], int | None]:
+    """(tiles to run, candidate boxes kept or None when every tile runs). A canvas larger
+    than one tile is screened first (``screen``: nucleus boxes in input px); only windows
+    around the candidates run when they cost less than the tiles."""
+    tiles = plan_tiles(cw, ch, tile, overlap)
+    if screen is None or len(tiles) == 1:
+        return tiles, None
+    boxes = [to_canvas(b) for b in screen()]
+    # overlap = 1.5 WBC diameters (segment/maskrcnn.py): the margin is 0.75, a whole cell
+    # around any part of its nucleus
+    windows = plan_windows(boxes, cw, ch, margin=overlap / 2, tile=tile)
+    cost = sum((t.x1 - t.x0) * (t.y1 - t.y0) for t in windows)
+    if cost >= sum((t.x1 - t.x0) * (t.y1 - t.y0) for t in tiles):
+        return tiles, len(boxes)
+    return windows, len(boxes)
+
+
 def segment_resampled(detect: Detector, image: np.ndarray, factor: float, threshold: float,
                       mask_threshold: float = 0.5, overlap: int = 160, tile: int = TILE,
                       prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-                      min_canvas: tuple[int, int] = MIN_CANVAS) -> list[Detection]:
-    """Detections of ``detect`` on ``image`` resampled by ``factor``, in ``image`` pixels."""
+                      min_canvas: tuple[int, int] = MIN_CANVAS, screen: Screen | None = None,
+                      stats: dict | None = None) -> list[Detection]:
+    """Detections of ``detect`` on ``image`` resampled by ``factor``, in ``image`` pixels.
+    ``screen`` (optional): candidate WBC boxes in input px; on a canvas of several tiles
+    only windows around them run. ``stats`` (optional) receives the tiles run / planned."""
     h, w = image.shape[:2]
     work, scale = resample(image, factor)
     if prepare is not None:
@@ -138,28 +231,47 @@ def segment_resampled(detect: Detector, image: np.ndarray, factor: float, thresh
     px, py = max(0, (min_canvas[0] - ww + 1) // 2), max(0, (min_canvas[1] - wh + 1) // 2)
     canvas = cv2.copyMakeBorder(work, py, py, px, px, cv2.BORDER_REFLECT) if px or py else work
     ch, cw = canvas.shape[:2]
+
+    def to_canvas(b: tuple[float, ...]) -> tuple[float, ...]:
+        return (b[0] * scale[0] + px, b[1] * scale[1] + py, b[2] * scale[0] + px, b[3] * scale[1] + py)
+
+    plan, screened = _plan(cw, ch, tile, overlap, screen, to_canvas)
+    if stats is not None:
+        stats.update(tiles_run=len(plan), tiles_full=len(plan_tiles(cw, ch, tile, overlap)),
+                     candidates=screened, pixels_run=sum((t.x1 - t.x0) * (t.y1 - t.y0) for t in plan),
+                     canvas_pixels=cw * ch)
     candidates: list[_Candidate] = []
-    for t in plan_tiles(cw, ch, tile, overlap):
-        piece = np.ascontiguousarray(canvas[t.y0:t.y1, t.x0:t.x1])
-        boxes, scores, probs = detect(piece)
-        for box, score, prob in zip(boxes, scores, probs):
-            if score < threshold:
-                continue
-            bx0, by0, bx1, by1 = (float(v) for v in box)
-            gx0, gy0, gx1, gy1 = bx0 + t.x0, by0 + t.y0, bx1 + t.x0, by1 + t.y0  # canvas px
-            if px or py:  # mostly in the mirrored border: a copy of a real cell
-                ix = max(0.0, min(gx1, px + ww) - max(gx0, px))
-                iy = max(0.0, min(gy1, py + wh) - max(gy0, py))
-                if ix * iy < INSIDE_FRACTION * max((gx1 - gx0) * (gy1 - gy0), 1e-6):
-                    continue
-            mcx, mcy = (gx0 + gx1) / 2, (gy0 + gy1) / 2
-            owned = t.cx0 <= mcx < t.cx1 and t.cy0 <= mcy < t.cy1
-            cut = ((t.x0 > 0 and bx0 <= EDGE_PX) or (t.y0 > 0 and by0 <= EDGE_PX)
-                   or (t.x1 < cw and bx1 >= t.x1 - t.x0 - EDGE_PX)
-                   or (t.y1 < ch and by1 >= t.y1 - t.y0 - EDGE_PX))
-            mask = paste_mask(prob, box, scale, (h, w), mask_threshold,
-                              offset=(t.x0 - px, t.y0 - py))
-            if mask is not None:
-                candidates.append(_Candidate(Detection(mask, float(score)), owned, cut,
-                                             int(mask.bitmap.sum())))
+    for t in plan:
+        found = detect(np.ascontiguousarray(canvas[t.y0:t.y1, t.x0:t.x1]))
+        candidates += _tile_candidates(found, t, threshold, (cw, ch), (px, py, ww, wh),
+                                       lambda prob, box: paste_mask(prob, box, scale, (h, w), mask_threshold,
+                                                                    offset=(t.x0 - px, t.y0 - py)))
     return merge(candidates)
+
+
+def _tile_candidates(found, t: Tile, threshold: float, canvas_wh: tuple[int, int],
+                     real: tuple[int, int, int, int], paste) -> list[_Candidate]:
+    """The merge candidates of one tile's detections (``real``: the image's place in the
+    canvas, px, py, w, h; ``paste``: (prob, box) -> full-resolution Mask or None)."""
+    cw, ch = canvas_wh
+    px, py, ww, wh = real
+    out = []
+    for box, score, prob in zip(*found):
+        if score < threshold:
+            continue
+        bx0, by0, bx1, by1 = (float(v) for v in box)
+        gx0, gy0, gx1, gy1 = bx0 + t.x0, by0 + t.y0, bx1 + t.x0, by1 + t.y0  # canvas px
+        if px or py:  # mostly in the mirrored border: a copy of a real cell
+            ix = max(0.0, min(gx1, px + ww) - max(gx0, px))
+            iy = max(0.0, min(gy1, py + wh) - max(gy0, py))
+            if ix * iy < INSIDE_FRACTION * max((gx1 - gx0) * (gy1 - gy0), 1e-6):
+                continue
+        mcx, mcy = (gx0 + gx1) / 2, (gy0 + gy1) / 2
+        owned = t.cx0 <= mcx < t.cx1 and t.cy0 <= mcy < t.cy1
+        cut = ((t.x0 > 0 and bx0 <= EDGE_PX) or (t.y0 > 0 and by0 <= EDGE_PX)
+               or (t.x1 < cw and bx1 >= t.x1 - t.x0 - EDGE_PX)
+               or (t.y1 < ch and by1 >= t.y1 - t.y0 - EDGE_PX))
+        mask = paste(prob, box)
+        if mask is not None:
+            out.append(_Candidate(Detection(mask, float(score)), owned, cut, int(mask.bitmap.sum())))
+    return out
