@@ -6,6 +6,7 @@
     OUT/overlays/*.png       --overlay: outlines, label and score drawn on each image
     OUT/report/counts.csv    --report: differential count per image and in total
     OUT/report/counts.png    --report: bar chart of the total differential count
+    OUT/explain/             --explain: Grad-CAM panels per cell (as ``cvat-tools explain``)
     OUT/predict.json         what was run: models, threshold, images, failures
 
 OUT is written beside itself and swapped in whole at the end (no half-written output). Bad
@@ -218,6 +219,34 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
     return write_yolo(dataset, target)
 
 
+class _Explained:
+    """--explain: the instances come from the explainer's answers (the same as
+    Pipeline.run's), and each image's panels go to OUT/explain/<image>/."""
+
+    def __init__(self, pipeline, images: list[ImageInput], method: str = "gradcam"):
+        from ..explain.cells import explainers
+        from ..formats.safe_names import unique_file_names
+
+        self.pipeline = pipeline
+        self.models = explainers(pipeline, method)
+        names = [item.name for item in images]
+        self.folders = dict(zip(names, unique_file_names(names)))
+        self.summary: dict = {"method": method, "images": [], "no_cells": []}
+
+    def run(self, rgb: np.ndarray, item: ImageInput, threshold: float, tmp: Path) -> list[Instance]:
+        from ..explain.cells import explain_image
+        from .explain import no_cells_note, save_explained
+
+        cells = explain_image(self.pipeline, self.models, rgb, threshold)
+        if not cells:
+            self.summary["no_cells"].append(item.name)
+            click.echo(no_cells_note(item.path, threshold), err=True)
+            return []
+        self.summary["images"].append(
+            save_explained(tmp, f"explain/{self.folders[item.name]}", item.name, cells))
+        return [cell.instance for cell in cells]
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 
@@ -233,6 +262,8 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
               help="Minimum detection score of a cell.")
 @click.option("--overlay", is_flag=True, help="Write overlays/*.png with outlines, labels, scores.")
 @click.option("--report", is_flag=True, help="Write report/counts.csv and report/counts.png.")
+@click.option("--explain", "explain", is_flag=True,
+              help="Write explain/: Grad-CAM panels of every cell (see 'cvat-tools explain').")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with segmenter/ classifier/ refiner/ bundles (default: shipped).")
 @click.option("--segmenter", type=click.Path(file_okay=False, path_type=Path),
@@ -249,8 +280,8 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path) -> Path:
               help="cpu, cuda or cuda:N.")
 @scale_options
 @click.pass_context
-def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
-            refiner, prior, device, cell_size, um_per_px):
+def predict(ctx, inputs, out, fmt, threshold, overlay, report, explain, weights, segmenter,
+            classifier, refiner, prior, device, cell_size, um_per_px):
     """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders)."""
     from tqdm import tqdm
 
@@ -265,6 +296,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
                              weights=weights, device=device, **scale_args)
     if prior != "bundle" and pipeline.refiner is not None:
         pipeline.refiner.set_prior(prior)
+    explained = _Explained(pipeline, images) if explain else None
     dataset = Dataset(labels=label_specs())
     class_order = [spec.name for spec in dataset.labels]
     colors = _palette(class_order)
@@ -276,7 +308,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         for item in tqdm(images, desc="predict", unit="image", disable=None):
             try:
                 rgb = load_image(item.path)
-                instances = pipeline.run(rgb, threshold=threshold)
+                instances = (explained.run(rgb, item, threshold, tmp) if explained
+                             else pipeline.run(rgb, threshold=threshold))
             except CvatToolsError as exc:
                 message = str(exc)
                 if not message.startswith(str(item.path)):
@@ -317,6 +350,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
             "warnings": warnings_seen,
             "skipped_by_writer": dataset.skipped,
         }
+        if explained:
+            summary["explain"] = explained.summary
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     cells = sum(len(im.instances) for im in dataset.images)
     click.echo(f"{cells} cells in {len(dataset.images)} images -> {out}"
