@@ -75,7 +75,7 @@ def _balanced_pair(labs: np.ndarray, labels: np.ndarray, a: str, b: str, rng) ->
         n = min(len(ia), len(ib))
         if n < MIN_PER_CLASS:
             continue
-        shared.append(cls)
+        shared.append(str(cls))
         keep += [rng.choice(ia, n, replace=False), rng.choice(ib, n, replace=False)]
     return (np.sort(np.concatenate(keep)) if keep else np.zeros(0, int)), shared
 
@@ -117,7 +117,7 @@ def centroid_distances(features: np.ndarray, labs: np.ndarray, labels: np.ndarra
         centres = [g.mean(0) for g in groups]
         spread = float(np.mean([np.sqrt(((g - c) ** 2).sum(1).mean()) for g, c in zip(groups, centres)]))
         distance = float(np.linalg.norm(centres[0] - centres[1]))
-        out[cls] = {"distance": round(distance, 3), "relative": round(distance / max(spread, 1e-9), 4),
+        out[str(cls)] = {"distance": round(distance, 3), "relative": round(distance / max(spread, 1e-9), 4),
                     "n": [len(g) for g in groups]}
     return out
 
