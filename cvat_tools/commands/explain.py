@@ -31,10 +31,8 @@ def no_cells_note(path, threshold: float) -> str:
 def save_explained(root: Path, rel: str, name: str, cells: list) -> dict:
     """Write one image's panels and contact sheet into the new folder ``root/rel`` (inside the
     output being built); return the image's record (paths relative to ``root``)."""
-    from PIL import Image
-
     from ..explain.cells import cell_panel, cell_record
-    from ..explain.panels import contact_sheet
+    from ..explain.panels import contact_sheet, png_bytes
 
     folder = root / rel
     folder.mkdir(parents=True)
@@ -42,11 +40,11 @@ def save_explained(root: Path, rel: str, name: str, cells: list) -> dict:
     for cell in cells:
         file = f"cell_{cell.index:03d}.png"
         panels.append(cell_panel(cell))
-        Image.fromarray(panels[-1]).save(folder / file, optimize=True)
+        (folder / file).write_bytes(png_bytes(panels[-1]))
         records.append(cell_record(cell, f"{rel}/{file}"))
     title = f"{name}: {len(cells)} cells (crop | mask | " + \
         " | ".join(a.name for a in cells[0].answers) + ")"
-    Image.fromarray(contact_sheet(panels, title)).save(folder / "sheet.png", optimize=True)
+    (folder / "sheet.png").write_bytes(png_bytes(contact_sheet(panels, title)))
     return {"name": name, "sheet": f"{rel}/sheet.png", "cells": records}
 
 

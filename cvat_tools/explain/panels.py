@@ -84,3 +84,12 @@ def contact_sheet(panels: list[np.ndarray], title: str, columns: int = SHEET_COL
         y, x = head + r * (h + 4), c * (w + 4)
         sheet[y:y + p.shape[0], x:x + p.shape[1]] = p
     return sheet
+
+
+def png_bytes(image: np.ndarray, level: int = 3) -> bytes:
+    """RGB uint8 -> PNG bytes. Fast zlib level: Pillow's ``optimize`` costs ~0.5 s per panel,
+    more than the explanation, for ~10 % smaller files."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
