@@ -94,7 +94,7 @@ def embedding(dirs, out, bundles, split, per_lab, mask, seed):
     loaded = time.perf_counter()
     panels, summary = [], {}
     for name, model, path in models:
-        features = penultimate(model, crops)
+        features = penultimate(model, crops, progress=f"{name} features")
         pairs = alignment(features, lab_of, labels, seed)
         panels.append({"name": name, "xy": project(features, seed), "labs": lab_of, "labels": labels,
                        "pairs": pairs})

@@ -124,6 +124,12 @@ def draw_overlay(image: np.ndarray, instances: list[Instance], colors: dict) -> 
     return canvas
 
 
+def save_overlay(folder: Path, name: str, overlay: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(overlay).save(folder / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"))
+
+
 def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None:
     """counts.csv (per image and TOTAL: count, percent, needs_review per cell type) + counts.png."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -325,10 +331,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, explain, weights,
             dataset.images.append(ImageAnnotation(item.name, width, height, instances,
                                                   id=len(dataset.images)))
             if overlay:
-                from PIL import Image
-
-                name = item.name.replace("/", "__").rsplit(".", 1)[0] + ".png"
-                Image.fromarray(draw_overlay(rgb, instances, colors)).save(tmp / "overlays" / name)
+                save_overlay(tmp / "overlays", item.name, draw_overlay(rgb, instances, colors))
         if not dataset.images:  # nothing to write: leave OUT as it was
             raise InputError("no image could be annotated: " + "; ".join(failures))
         write_annotations(dataset, fmt, tmp)
@@ -349,9 +352,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, explain, weights,
             "failed": failures,
             "warnings": warnings_seen,
             "skipped_by_writer": dataset.skipped,
+            "explain": explained.summary if explained else None,
         }
-        if explained:
-            summary["explain"] = explained.summary
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     cells = sum(len(im.instances) for im in dataset.images)
     click.echo(f"{cells} cells in {len(dataset.images)} images -> {out}"

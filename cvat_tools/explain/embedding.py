@@ -37,16 +37,19 @@ class LabCrops:
 
 
 @torch.inference_mode()
-def penultimate(model, crops: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+def penultimate(model, crops: list[np.ndarray], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
     """N x D pooled features of a loaded classifier or refiner (classify.classifier._BundleModel),
-    after the model's own preprocessing."""
+    after the model's own preprocessing; ``progress``: a progress bar with this title."""
+    from tqdm import tqdm
+
     from ..classify.classifier import prepare
 
     pool = network_body(model.model).global_pool
     rows: list[np.ndarray] = []
     handle = pool.register_forward_hook(lambda _m, _i, out: rows.append(out.flatten(1).float().cpu().numpy()))
     try:
-        for start in range(0, len(crops), batch_size):
+        for start in tqdm(range(0, len(crops), batch_size), desc=progress, unit="batch",
+                          disable=progress is None or None):
             model.model(model.tensor(prepare(crops[start:start + batch_size], model.input_size, model.stain)))
     finally:
         handle.remove()
