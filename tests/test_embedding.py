@@ -63,12 +63,12 @@ def test_alignment_skips_classes_one_lab_lacks():
     assert set(pairs["a vs b"]["centroid_distance"]) == {"neutrophil"}
 
 
-def test_penultimate_features_feed_the_label_head(shipped_classifier, jtsc_dir):
+def test_penultimate_features_feed_the_label_head(shipped_classifier, bccd_dir):
     import torch
 
-    from cvat_tools.train.classification_data import jtsc_crops
+    from cvat_tools.train.classification_data import bccd_crops
 
-    crops = [c.crop for c in jtsc_crops(jtsc_dir, size=shipped_classifier.input_size)[:5]]
+    crops = [c.crop for c in bccd_crops(bccd_dir, size=shipped_classifier.input_size)[:5]]
     feats = penultimate(shipped_classifier, crops, batch_size=2)
     assert feats.shape == (5, shipped_classifier.model.classifier.in_features)
     logits = shipped_classifier.model.classifier(torch.from_numpy(feats))
@@ -81,10 +81,27 @@ def test_penultimate_features_feed_the_label_head(shipped_classifier, jtsc_dir):
 
 
 @pytest.fixture(scope="module")
-def embedding_run(tmp_path_factory, bccd_dir, jtsc_dir, shipped_paths):
+def jtsc_part(tmp_path_factory, jtsc_dir):
+    """The first 40 JTSC images with their masks (the reader reads every row it is given)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("jtsc") / "jtsc_wbc"
+    rows = (jtsc_dir / "index.csv").read_text().splitlines()[:41]
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for row in rows[1:]:
+        image, mask = row.split(",")[:2]
+        shutil.copy(jtsc_dir / image, root / image)
+        shutil.copy(jtsc_dir / mask, root / mask)
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def embedding_run(tmp_path_factory, bccd_dir, jtsc_part, shipped_paths):
     out = tmp_path_factory.mktemp("emb") / "plot.png"
-    result = run_cli("evaluate", "embedding", "--data", bccd_dir, "--data", jtsc_dir, "--out", out,
-                     "--per-lab", 40, "--bundle", shipped_paths["classifier"],
+    result = run_cli("evaluate", "embedding", "--data", bccd_dir, "--data", jtsc_part, "--out", out,
+                     "--per-lab", 25, "--bundle", shipped_paths["classifier"],
                      "--bundle", shipped_paths["refiner"])
     return out, result
 
@@ -97,7 +114,7 @@ def test_embedding_plot_and_numbers(embedding_run):
     assert Image.open(out).size[0] > 800
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["command"] == "cvat-tools evaluate embedding"
-    assert record["labs"]["bccd"]["crops"] <= 40 and record["labs"]["jtsc"]["crops"] == 40
+    assert record["labs"]["bccd"]["crops"] == 25 and record["labs"]["jtsc"]["crops"] == 25
     assert len(record["models"]) == 2
     for model in record["models"].values():
         pair = model["pairs"]["bccd vs jtsc"]

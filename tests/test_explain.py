@@ -53,15 +53,18 @@ class TinyCNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny_cnn():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: threads only add synchronisation
     torch.manual_seed(0)
     model = TinyCNN()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(120):
+    for step in range(60):
         x, y, _ = _synthetic(32, seed=step)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     model.eval()
     x, y, where = _synthetic(200, seed=10_000)  # held out: seeds never used in training
     with torch.no_grad():
@@ -106,10 +109,10 @@ def _dilate(mask: np.ndarray, by: int = 2) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), np.ones((2 * by + 1, 2 * by + 1), np.uint8)) > 0
 
 
-def test_explainer_answers_are_the_models_predictions(shipped_classifier, jtsc_dir):
-    from cvat_tools.train.classification_data import jtsc_crops
+def test_explainer_answers_are_the_models_predictions(shipped_classifier, bccd_dir):
+    from cvat_tools.train.classification_data import bccd_crops
 
-    crops = [c.crop for c in jtsc_crops(jtsc_dir, size=shipped_classifier.input_size)[:6]]
+    crops = [c.crop for c in bccd_crops(bccd_dir, size=shipped_classifier.input_size)[:6]]
     explained = Explainer(shipped_classifier).explain(crops, batch_size=4)
     predicted = shipped_classifier.predict(crops)
     assert [e.prediction.label for e in explained] == [p.label for p in predicted]

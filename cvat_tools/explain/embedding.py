@@ -24,6 +24,7 @@ from .gradcam import network_body
 
 PCA_COMPONENTS = 50
 PERPLEXITY = 30.0
+EXACT_TSNE_MAX = 1000
 FOLDS = 5
 MIN_PER_CLASS = 3  # per lab, for a class to count as shared by a pair of labs
 MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")
@@ -65,7 +66,10 @@ def project(features: np.ndarray, seed: int = 0) -> np.ndarray:
     x = StandardScaler().fit_transform(features)
     x = PCA(n_components=min(PCA_COMPONENTS, *x.shape), random_state=seed).fit_transform(x)
     perplexity = min(PERPLEXITY, max(2.0, (len(x) - 1) / 3.0))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    # exact t-SNE: 1.9x faster than Barnes-Hut at 650 points, 10x at 50 (2 loaded CPU cores)
+    method = "exact" if len(x) <= EXACT_TSNE_MAX else "barnes_hut"
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
+                random_state=seed).fit_transform(x)
 
 
 def _balanced_pair(labs: np.ndarray, labels: np.ndarray, a: str, b: str, rng) -> tuple[np.ndarray, list[str]]:
