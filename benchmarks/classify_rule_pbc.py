@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from cvat_tools.bundle import read_manifest, shipped_bundle
-from cvat_tools.train.classification_data import split_from_manifest
+from cvat_tools.data.cells import split_from_manifest
 
 PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
 

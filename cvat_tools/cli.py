@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": "predict:predict",
     "classify": "classify:classify",
     "annotate": "annotate:annotate",
+    "explain": "explain:explain",
 }
 
 

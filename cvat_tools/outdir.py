@@ -67,3 +67,29 @@ def check_out_file(out: str | Path, header: str, what: str, flag: str = "--out")
         if first.rstrip(b"\r\n") != header.encode():
             raise InputError(f"{flag} {out}: exists and is not {what}; choose a new file name "
                              "(nothing was changed)")
+
+
+def check_out_with_record(out: str | Path, record: str | Path, command: str, suffix: str = ".png",
+                          flag: str = "--out") -> None:
+    """A file output (a plot) written with a JSON record beside it that names ``command``:
+    refuse a folder, another suffix, and any existing file unless that record is ours."""
+    from .guarded import load_json
+
+    out, record = Path(out), Path(record)
+    keep = "nothing was changed"
+    if out.suffix.lower() != suffix:
+        raise InputError(f"{flag} {out}: give a {suffix} file name, such as {out.with_suffix(suffix).name}")
+    if out.is_dir() or record.is_dir():
+        raise InputError(f"{flag} {out}: {out if out.is_dir() else record} is a folder; give a new file name ({keep})")
+    if not (out.exists() or record.exists()):
+        return
+    ours = False
+    if record.is_file() and not record.is_symlink():
+        try:
+            body = load_json(record, max_bytes=16 * 2**20)
+            ours = isinstance(body, dict) and body.get("command") == f"cvat-tools {command}"
+        except InputError:
+            ours = False
+    if not ours or out.is_symlink():
+        raise InputError(f"{flag} {out}: {out.name} or {record.name} exists and was not written by "
+                         f"'cvat-tools {command}'; choose a new file name ({keep})")

@@ -302,6 +302,22 @@ class Pipeline:
         progress display for fields that take seconds each."""
         stage = stage or (lambda _text: None)
         image = np.asarray(image)
+        stage("segmenting")
+        detections = self.detect(image, threshold)
+        if not detections or self.classifier is None:
+            return self.decide(detections, [], [])
+        stage(f"classifying {len(detections)} cells")
+        clf_preds = self._predict(self.classifier, image, detections)
+        ref_preds: Sequence[Prediction | None] = (
+            self._predict(self.refiner, image, detections)
+            if self.refiner is not None else [None] * len(detections)
+        )
+        return self.decide(detections, clf_preds, ref_preds)
+
+    def detect(self, image: np.ndarray, threshold: float = 0.5) -> list[Any]:
+        """The segmenter's detections of one RGB uint8 image with score >= threshold and a
+        non-empty mask: the cells :meth:`run` labels (``cvat-tools explain`` starts here)."""
+        image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(
                 f"pipeline input must be an RGB uint8 array (H x W x 3), got {image.dtype} "
@@ -309,25 +325,26 @@ class Pipeline:
             )
         if not 0.0 <= float(threshold) <= 1.0:
             raise InputError(f"threshold {threshold} is outside [0, 1]")
-        stage("segmenting")
-        detections = [
+        return [
             d for d in self.segmenter.segment(image, threshold=threshold)
             if d.score >= threshold and np.asarray(d.mask.bitmap).any()
         ]
-        if not detections:
-            return []
+
+    def crops(self, image: np.ndarray, detections: Sequence[Any], size: int) -> list[np.ndarray]:
+        """The masked crop of each detection, as the classifier and the refiner receive it."""
+        return [cell_crop(image, d.mask.bitmap, d.mask.left, d.mask.top, size=size)
+                for d in detections]
+
+    def decide(self, detections: Sequence[Any], clf_preds: Sequence[Any],
+               ref_preds: Sequence[Any | None]) -> list[Instance]:
+        """Instances from the detections and each model's predictions (rule + attributes);
+        without a classifier every cell is "wbc"."""
         if self.classifier is None:
             return [
                 Instance(label=UNCLASSIFIED, geometry=d.mask, score=float(d.score),
                          source="auto")
                 for d in detections
             ]
-        stage(f"classifying {len(detections)} cells")
-        clf_preds = self._predict(self.classifier, image, detections)
-        ref_preds: Sequence[Prediction | None] = (
-            self._predict(self.refiner, image, detections)
-            if self.refiner is not None else [None] * len(detections)
-        )
         return [
             self._instance(d, self.rule(c, r))
             for d, c, r in zip(detections, clf_preds, ref_preds)
@@ -338,12 +355,8 @@ class Pipeline:
         size = int(model.input_size)  # the bundle's manifest says it; no default guesses one
         preds: list[Prediction] = []
         for start in range(0, len(detections), CLASSIFY_BATCH):
-            chunk = detections[start:start + CLASSIFY_BATCH]
-            crops = [
-                cell_crop(image, d.mask.bitmap, d.mask.left, d.mask.top, size=size)
-                for d in chunk
-            ]
-            preds.extend(model.predict(crops))
+            preds.extend(model.predict(
+                self.crops(image, detections[start:start + CLASSIFY_BATCH], size)))
         return preds
 
     def _instance(self, detection: Detection, decision: Decision) -> Instance:

@@ -98,7 +98,7 @@ def test_refiner_none_in_both_cvat_functions(monkeypatch, shipped_paths):
 
 def _pbc_test_images(pbc_dir, n=10):
     from cvat_tools.bundle import shipped_bundle
-    from cvat_tools.train.classification_data import split_from_manifest
+    from cvat_tools.data.cells import split_from_manifest
 
     manifest = read_manifest(shipped_bundle("classifier"))
     test = split_from_manifest(manifest["split"]["files"], pbc_dir, "test")  # never trained on

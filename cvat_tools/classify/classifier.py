@@ -98,16 +98,24 @@ class _BundleModel:
         out: list[Prediction] = []
         for start in range(0, len(crops), batch_size):
             batch = prepare(crops[start:start + batch_size], self.input_size, self.stain)
-            x = to_tensor(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-            probs = torch.softmax(self.logits(x), dim=1).cpu()
-            if self._prior is not None:  # Bayes: posterior under the field's prior, renormalized
-                probs = probs * self._prior
-                probs = probs / probs.sum(dim=1, keepdim=True)
-            probs = probs.numpy()
-            for row in probs:
-                best = int(row.argmax())
-                out.append(Prediction(self.labels[best], float(row[best]),
-                                      {lab: float(p) for lab, p in zip(self.labels, row)}))
+            out.extend(self.predictions(self.logits(self.tensor(batch))))
+        return out
+
+    def tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """Prepared uint8 crops (:func:`prepare`) as the network's input on this device."""
+        return to_tensor(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def predictions(self, logits: torch.Tensor) -> list[Prediction]:
+        """One :class:`Prediction` per row of ``logits``, under the decision prior."""
+        probs = torch.softmax(logits.detach().float(), dim=1).cpu()
+        if self._prior is not None:  # Bayes: posterior under the field's prior, renormalized
+            probs = probs * self._prior
+            probs = probs / probs.sum(dim=1, keepdim=True)
+        out = []
+        for row in probs.numpy():
+            best = int(row.argmax())
+            out.append(Prediction(self.labels[best], float(row[best]),
+                                  {lab: float(p) for lab, p in zip(self.labels, row)}))
         return out
 
     @classmethod

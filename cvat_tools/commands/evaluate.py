@@ -1,4 +1,4 @@
-"""``cvat-tools evaluate segmenter|classifier|refiner``."""
+"""``cvat-tools evaluate segmenter|classifier|refiner|embedding``."""
 import click
 
 from ..cli import LazyGroup
@@ -8,6 +8,7 @@ from ..cli import LazyGroup
     "segmenter": "evaluate_segmenter:segmenter",
     "classifier": "evaluate_classifier:classifier",
     "refiner": "evaluate_classifier:refiner",
+    "embedding": "evaluate_embedding:embedding",
 })
 def evaluate():
     """Score a model on held-out data: metrics printed, plots written."""

@@ -9,6 +9,7 @@
     OUT/report/review.csv    --report: each cell to review (marked ?N on its overlay) and why
     OUT/predict.json         what was run: models, threshold, images (with their cells to
                              review and why), failures
+    OUT/explain/             --explain: Grad-CAM panels per cell (as ``cvat-tools explain``)
 
 OUT is written beside itself and swapped in whole at the end (no half-written output). Bad
 files (corrupt, not images, too large) are skipped and listed at the end with the reason; the
@@ -169,6 +170,12 @@ def _legend(canvas: np.ndarray, instances: list[Instance], review: list[dict], s
                     (0, 0, 0), 1, cv2.LINE_AA)
 
 
+def save_overlay(folder: Path, name: str, overlay: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(overlay).save(folder / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"))
+
+
 def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None:
     """counts.csv (per image and TOTAL: count, percent, needs_review per cell type) + counts.png."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -273,17 +280,46 @@ def write_annotations(dataset: Dataset, fmt: str, folder: Path,
 
 
 
+class _Explained:
+    """--explain: the instances come from the explainer's answers (the same as
+    Pipeline.run's), and each image's panels go to OUT/explain/<image>/."""
+
+    def __init__(self, pipeline, images: list[ImageInput], method: str = "gradcam"):
+        from ..explain.cells import explainers
+        from ..formats.safe_names import unique_file_names
+
+        self.pipeline = pipeline
+        self.models = explainers(pipeline, method)
+        names = [item.name for item in images]
+        self.folders = dict(zip(names, unique_file_names(names)))
+        self.summary: dict = {"method": method, "images": [], "no_cells": []}
+
+    def run(self, rgb: np.ndarray, item: ImageInput, threshold: float, tmp: Path) -> list[Instance]:
+        from ..explain.cells import explain_image
+        from .explain import no_cells_note, save_explained
+
+        cells = explain_image(self.pipeline, self.models, rgb, threshold)
+        if not cells:
+            self.summary["no_cells"].append(item.name)
+            click.echo(no_cells_note(item.path, threshold), err=True)
+            return []
+        self.summary["images"].append(
+            save_explained(tmp, f"explain/{self.folders[item.name]}", item.name, cells))
+        return [cell.instance for cell in cells]
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 
 
 def _annotate(pipeline, item, threshold: float, failures: list[str], warnings_seen: list[str],
-              scales: dict[str, dict | None], stage=None):
+              scales: dict[str, dict | None], stage=None, explained=None, tmp=None):
     """(image, instances) of one input, or None with the reason added to ``failures``; records
     the scale the segmenter applied and warns about grayscale images."""
     try:
         rgb = load_image(item.path)
-        instances = pipeline.run(rgb, threshold=threshold, stage=stage)
+        instances = (explained.run(rgb, item, threshold, tmp) if explained
+                     else pipeline.run(rgb, threshold=threshold, stage=stage))
     except CvatToolsError as exc:
         message = str(exc)
         if not message.startswith(str(item.path)):
@@ -342,6 +378,8 @@ def _report_run(dataset: Dataset, out: Path, fmt: str, failures: list[str], warn
               help="Minimum detection score of a cell.")
 @click.option("--overlay", is_flag=True, help="Write overlays/*.png with outlines, labels, scores.")
 @click.option("--report", is_flag=True, help="Write report/counts.csv and report/counts.png.")
+@click.option("--explain", "explain", is_flag=True,
+              help="Write explain/: Grad-CAM panels of every cell (see 'cvat-tools explain').")
 @click.option("--weights", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with segmenter/ classifier/ refiner/ bundles (default: shipped).")
 @click.option("--segmenter", type=click.Path(file_okay=False, path_type=Path),
@@ -359,8 +397,8 @@ def _report_run(dataset: Dataset, out: Path, fmt: str, failures: list[str], warn
               help="cpu, cuda or cuda:N.")
 @scale_options
 @click.pass_context
-def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmenter, classifier,
-            refiner, prior, device, cell_size, um_per_px):
+def predict(ctx, inputs, out, fmt, threshold, overlay, report, explain, weights, segmenter,
+            classifier, refiner, prior, device, cell_size, um_per_px):
     """Find, outline and name every white blood cell in IMAGES_OR_DIRS (files or folders).
 
     A progress bar shows on stderr when it is a terminal (stdout carries only the summary)."""
@@ -377,6 +415,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
                              weights=weights, device=device, **scale_args)
     if prior != "bundle" and pipeline.refiner is not None:
         pipeline.refiner.set_prior(prior)
+    explained = _Explained(pipeline, images) if explain else None
     dataset = Dataset(labels=label_specs())
     class_order = [spec.name for spec in dataset.labels]
     colors = _palette(class_order)
@@ -389,7 +428,8 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         for item in progress:
             # the bar says which image, and which stage of it
             stage = lambda text, name=item.name: progress.set_postfix_str(f"{name}: {text}")  # noqa: E731
-            done = _annotate(pipeline, item, threshold, failures, warnings_seen, scales, stage)
+            done = _annotate(pipeline, item, threshold, failures, warnings_seen, scales, stage,
+                             explained=explained, tmp=tmp)
             if done is None:
                 continue
             rgb, instances = done
@@ -397,10 +437,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
             dataset.images.append(ImageAnnotation(item.name, width, height, instances,
                                                   id=len(dataset.images)))
             if overlay:
-                from PIL import Image
-
-                name = item.name.replace("/", "__").rsplit(".", 1)[0] + ".png"
-                Image.fromarray(draw_overlay(rgb, instances, colors)).save(tmp / "overlays" / name)
+                save_overlay(tmp / "overlays", item.name, draw_overlay(rgb, instances, colors))
         if not dataset.images:  # nothing to write: leave OUT as it was
             raise InputError("no image could be annotated: " + "; ".join(failures))
         write_annotations(dataset, fmt, tmp, {item.name: item.path for item in images})
@@ -410,6 +447,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
             write_scale_report(scales, tmp / "report" / "scale.csv")
         summary = _summary(pipeline, dataset, fmt, threshold, cell_size, um_per_px, scales,
                            failures, warnings_seen)
+        summary["explain"] = explained.summary if explained else None
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     if not _report_run(dataset, out, fmt, failures, warnings_seen):
         ctx.exit(1)

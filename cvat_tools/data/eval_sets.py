@@ -29,8 +29,10 @@ class EvalSet:
 
 
 def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None = None,
-                  progress: bool = False, mask: str | None = None) -> EvalSet:
-    """``mask`` (PBC only) overrides the bundle's own mask source."""
+                  progress: bool = False, mask: str | None = None,
+                  limit: int | None = None, seed: int = 0) -> EvalSet:
+    """``mask`` (PBC only) overrides the bundle's own mask source; ``limit`` keeps a random
+    sample (``seed``) of at most that many crops (PBC: before cutting them)."""
     data = Path(data)
     kind = D.dataset_kind(data)
     if kind == "pbc":
@@ -39,7 +41,7 @@ def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None =
             raise InputError(
                 f"{data}: evaluating on PBC needs the bundle's held-out split, and this bundle has none; "
                 "evaluate on a crops folder instead")
-        samples = D.split_from_manifest(files, data, split)
+        samples = sample(D.split_from_manifest(files, data, split), limit, seed)
         missing = [s.path for s in samples if not s.path.is_file()]
         if missing:
             raise InputError(f"{missing[0]}: listed in the bundle's {split} split but missing; is {data} the PBC folder?")
@@ -63,10 +65,18 @@ def load_eval_set(data: str | Path, split: str = "test", manifest: dict | None =
     elif kind == "jtsc":
         items = D.jtsc_crops(data)
     else:
-        samples = D.folder_samples(data)
+        samples = sample(D.folder_samples(data), limit, seed)
         return EvalSet(kind, [load_image(s.path) for s in samples], [s.label for s in samples],
                        [str(s.path) for s in samples])
-    items = [c for c in items if c.label is not None]
+    items = sample([c for c in items if c.label is not None], limit, seed)
     if not items:
         raise InputError(f"{data}: no labelled single-cell crops in split {split!r}")
     return EvalSet(kind, [c.crop for c in items], [c.label for c in items], [c.name for c in items])
+
+
+def sample(items: list, limit: int | None, seed: int = 0) -> list:
+    """At most ``limit`` of ``items``, drawn at random (``seed``), in their original order."""
+    if limit is None or len(items) <= limit:
+        return items
+    keep = np.random.default_rng(seed).choice(len(items), size=int(limit), replace=False)
+    return [items[i] for i in sorted(keep)]

@@ -1,0 +1,2 @@
+"""Review aids: Grad-CAM heat maps per cell (gradcam, cells, panels) and embedding plots of
+labs (embedding)."""
