@@ -36,7 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from _data import DATA, REPO
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _data beside this file, however it is loaded
+from _data import DATA, REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 ZOOMS = (0.25, 0.33, 0.5, 1.0, 2.0, 3.0, 4.0)

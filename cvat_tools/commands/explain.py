@@ -23,31 +23,6 @@ MARKER = "explain.json"
 METHOD_CHOICES = click.Choice(["gradcam", "gradcam++"])
 
 
-def no_cells_note(path, threshold: float) -> str:
-    return (f"{path}: no cells found at threshold {threshold:g}; no panel written (lower "
-            "--threshold, or check that it is a stained blood smear)")
-
-
-def save_explained(root: Path, rel: str, name: str, cells: list) -> dict:
-    """Write one image's panels and contact sheet into the new folder ``root/rel`` (inside the
-    output being built); return the image's record (paths relative to ``root``)."""
-    from ..explain.cells import cell_panel, cell_record
-    from ..explain.panels import contact_sheet, png_bytes
-
-    folder = root / rel
-    folder.mkdir(parents=True)
-    panels, records = [], []
-    for cell in cells:
-        file = f"cell_{cell.index:03d}.png"
-        panels.append(cell_panel(cell))
-        (folder / file).write_bytes(png_bytes(panels[-1]))
-        records.append(cell_record(cell, f"{rel}/{file}"))
-    title = f"{name}: {len(cells)} cells (crop | mask | " + \
-        " | ".join(a.name for a in cells[0].answers) + ")"
-    (folder / "sheet.png").write_bytes(png_bytes(contact_sheet(panels, title)))
-    return {"name": name, "sheet": f"{rel}/sheet.png", "cells": records}
-
-
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIRS...")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -76,6 +51,7 @@ def explain(ctx, inputs, out, threshold, method, weights, segmenter, classifier,
 
     from ..atomic import atomic_dir
     from ..explain.cells import explain_image, explainers
+    from ..explain.output import no_cells_note, save_explained
     from ..formats.safe_names import unique_file_names
     from ..imaging import load_image
     from ..outdir import check_out

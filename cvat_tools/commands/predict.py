@@ -296,7 +296,7 @@ class _Explained:
 
     def run(self, rgb: np.ndarray, item: ImageInput, threshold: float, tmp: Path) -> list[Instance]:
         from ..explain.cells import explain_image
-        from .explain import no_cells_note, save_explained
+        from ..explain.output import no_cells_note, save_explained
 
         cells = explain_image(self.pipeline, self.models, rgb, threshold)
         if not cells:

@@ -88,7 +88,7 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
 
 def _own_export(root: Path) -> Path | None:
     """annotations.json of a folder ``cvat-tools export`` wrote (its marker or its manifest)."""
-    from ..atomic import read_marker
+    from ..markers import read_marker
 
     coco = root / "annotations.json"
     if not coco.is_file():
