@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": "predict:predict",
     "classify": "classify:classify",
     "annotate": "annotate:annotate",
+    "adapt": "adapt:adapt",
 }
 
 

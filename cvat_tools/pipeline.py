@@ -35,6 +35,7 @@ ATTR_CLASSIFIER_SCORE = "classifier_score"
 ATTR_REFINER = "refiner"
 ATTR_REFINER_SCORE = "refiner_score"
 ATTR_NEEDS_REVIEW = "needs_review"
+ATTR_REVIEW_PRIORITY = "review_priority"
 
 
 def attribute_specs() -> list[AttributeSpec]:
@@ -56,6 +57,8 @@ def attribute_specs() -> list[AttributeSpec]:
         AttributeSpec(ATTR_REFINER_SCORE, "number", list(percent), default="0"),
         # CVAT stores a checkbox's values as [default].
         AttributeSpec(ATTR_NEEDS_REVIEW, "checkbox", ["false"], default="false"),
+        # how much correcting this cell would teach `cvat-tools adapt` (review_priority())
+        AttributeSpec(ATTR_REVIEW_PRIORITY, "number", list(percent), default="0"),
     ]
 
 
@@ -63,6 +66,19 @@ def label_specs(shape_type: str = "any") -> list[LabelSpec]:
     """Every label of ``labels.ALL_CLASSES`` with :func:`attribute_specs`."""
     return [LabelSpec(name=name, attributes=attribute_specs(), type=shape_type)
             for name in label_set.ALL_CLASSES]
+
+
+def review_priority(decision: Any, classifier_pred: Any, refiner_pred: Any | None) -> float:
+    """How much a correction of this cell would teach, in [0, 1]: half for a classifier /
+    refiner disagreement (where the refiner has a say), half for a small margin between the
+    deciding model's top two classes (1 - margin). Annotators who correct the highest first
+    give ``cvat-tools adapt`` the cells the models are least sure of."""
+    disagree = (decision.refiner_label is not None and decision.refiner_label != decision.classifier_label
+                and decision.classifier_label not in label_set.CLASSIFIER_FINAL)
+    decider = refiner_pred if refiner_pred is not None and decision.label == decision.refiner_label \
+        and decision.classifier_label not in label_set.CLASSIFIER_FINAL else classifier_pred
+    top = sorted((float(p) for p in decider.probs.values()), reverse=True)[:2] + [0.0, 0.0]
+    return 0.5 * float(disagree) + 0.5 * (1.0 - (top[0] - top[1]))
 
 
 def percent(score: float | None) -> str:
@@ -249,9 +265,10 @@ class Pipeline:
             self._predict(self.refiner, image, detections)
             if self.refiner is not None else [None] * len(detections)
         )
+        decisions = [self.rule(c, r) for c, r in zip(clf_preds, ref_preds)]
         return [
-            self._instance(d, self.rule(c, r))
-            for d, c, r in zip(detections, clf_preds, ref_preds)
+            self._instance(d, decision, review_priority(decision, c, r))
+            for d, decision, c, r in zip(detections, decisions, clf_preds, ref_preds)
         ]
 
     def _predict(self, model: Any, image: np.ndarray, detections: Sequence[Any]) -> list[Any]:
@@ -266,7 +283,7 @@ class Pipeline:
             preds.extend(model.predict(crops))
         return preds
 
-    def _instance(self, detection: Any, decision: Any) -> Instance:
+    def _instance(self, detection: Any, decision: Any, priority: float = 0.0) -> Instance:
         refiner_label = decision.refiner_label or NO_REFINER
         # A disagreement counts only where the refiner has a say: for band and blast cells
         # (labels.CLASSIFIER_FINAL) it does not know the class, so it cannot agree.
@@ -282,6 +299,7 @@ class Pipeline:
             ATTR_REFINER: refiner_label,
             ATTR_REFINER_SCORE: percent(decision.refiner_score),
             ATTR_NEEDS_REVIEW: "true" if needs_review else "false",
+            ATTR_REVIEW_PRIORITY: percent(priority),
         }
         return Instance(
             label=decision.label,

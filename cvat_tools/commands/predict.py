@@ -6,6 +6,8 @@
     OUT/overlays/*.png       --overlay: outlines, label and score drawn on each image
     OUT/report/counts.csv    --report: differential count per image and in total
     OUT/report/counts.png    --report: bar chart of the total differential count
+    OUT/report/review_queue.csv  --report: every cell, the ones a correction would teach most
+                             first (review_priority: see pipeline.review_priority)
     OUT/predict.json         what was run: models, threshold, images, failures
 
 OUT is written beside itself and swapped in whole at the end (no half-written output). Bad
@@ -142,6 +144,25 @@ def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None
         writer.writerow(["image", "cell_type", "count", "percent", "needs_review"])
         writer.writerows(rows)
     _bar_chart(total, class_order, folder / "counts.png", len(dataset.images))
+
+
+def write_review_queue(dataset: Dataset, path: Path) -> None:
+    """review_queue.csv: every cell ranked by review_priority, highest first (what to correct
+    before ``cvat-tools adapt``); cell = the cell's position among its image's shapes."""
+    from ..pipeline import ATTR_REVIEW_PRIORITY
+
+    cells = [(int(inst.attributes.get(ATTR_REVIEW_PRIORITY, "0")), image.name, k, inst)
+             for image in dataset.images for k, inst in enumerate(image.instances)]
+    cells.sort(key=lambda row: (-row[0], row[1], row[2]))
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["rank", "image", "cell", "label", "classifier", "refiner", "review_priority",
+                         "needs_review", "x", "y", "width", "height"])
+        for rank, (priority, name, k, inst) in enumerate(cells, 1):
+            m = inst.geometry
+            writer.writerow([rank, name, k, inst.label, inst.attributes.get("classifier", ""),
+                             inst.attributes.get("refiner", ""), priority,
+                             inst.attributes.get("needs_review", ""), m.left, m.top, m.width, m.height])
 
 
 def _count_rows(name: str, counts: Counter, review: Counter, order: list[str]) -> list[list]:
@@ -302,6 +323,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, weights, segmente
         (tmp / "labels.json").write_text(json.dumps(cvat_label_constructor(), indent=2) + "\n")
         if report:
             write_report(dataset, tmp / "report", class_order)
+            write_review_queue(dataset, tmp / "report" / "review_queue.csv")
             write_scale_report(scales, tmp / "report" / "scale.csv")
         summary = {
             "threshold": threshold,
