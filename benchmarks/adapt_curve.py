@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/adapt_curve.py --labs bccd,jtsc --cells 0,10,20,40,80 \
         --seeds 0,1,2 --cache /tmp/adapt/pbc_160.npz --work /tmp/adapt/curve --json curve.json
 
+A run folder that already holds a finished weights folder (adapt.json) is read, not rerun.
+
 For each lab, seed and number of corrected cells N: N cells drawn (stratified over the 4
 classes both labs share, seeded) from the lab's pool become a CVAT XML 1.1 task whose shapes
 are polygons from the given masks with source="manual"; the pool's other cells are added as
@@ -124,6 +126,10 @@ def score(weights: Path | None, cells: list[dict]) -> dict:
 
 
 def adapt_run(task: Path, images: Path, out: Path, args) -> tuple[dict, float]:
+    """Run the command, or read a finished run of the same task (a resumed benchmark)."""
+    if (out / "adapt.json").is_file():
+        record = json.loads((out / "adapt.json").read_text())
+        return record, record["seconds"]
     cmd = [sys.executable, "-m", "cvat_tools.cli", "adapt", str(task), "--images", str(images),
            "--out", str(out), "--force", "--threads", str(args.threads), "--steps", str(args.steps),
            "--seed", "0"] + (["--cache", str(args.cache)] if args.cache else [])
@@ -146,6 +152,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--auto", type=int, help="at most this many untouched auto cells in a task (default: all)")
+    ap.add_argument("--boxes", type=int, default=0, help="the first N corrected cells drawn as boxes")
     args = ap.parse_args()
     rows = []
     for lab in args.labs.split(","):
@@ -168,7 +176,8 @@ def main() -> None:
                     chosen = {id(c) for c in manual}
                     run = args.work / f"{lab}_s{seed}_n{n}"
                     run.mkdir(parents=True, exist_ok=True)
-                    task = write_task(manual, [c for c in pool if id(c) not in chosen], run / "task.xml")
+                    auto = [c for c in pool if id(c) not in chosen][:args.auto]
+                    task = write_task(manual, auto, run / "task.xml", box=args.boxes)
                     record, seconds = adapt_run(task, root / "images", run / "weights", args)
                     row.update(test=score(run / "weights", test), seconds=round(seconds, 1),
                                held_out=record["metrics"], counts=record["counts"])

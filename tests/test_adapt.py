@@ -280,7 +280,12 @@ def test_output_is_a_complete_weights_folder_with_provenance(adapted, shipped_pa
     assert read_manifest(out / "refiner")["weights"]["sha256"] != record["parent"]["refiner"]["weights_sha256"]
     metrics = record["metrics"]
     assert metrics["held_out_before"]["n"] == metrics["held_out_after"]["n"] == 4
-    assert read_manifest(out / "refiner")["adapt"]["holdout"]["cells"] == held
+    refiner = read_manifest(out / "refiner")
+    assert refiner["adapt"]["holdout"]["cells"] == held
+    # trained on the 8 training corrections only (held-out cells never reach the trainer), and
+    # DANN saw those 8 + the 4 auto cells unlabelled
+    assert refiner["training"]["data"]["labelled_target_crops"] == 8
+    assert list(refiner["training"]["data"]["targets"].values()) == [12]
     assert "macro-F1" in stdout and "monocyte" in stdout and not (out / ".work").exists()
 
 
