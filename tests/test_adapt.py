@@ -325,3 +325,31 @@ def test_a_worse_result_is_refused_and_nothing_is_written(monkeypatch, tmp_path,
     assert code == 2 and "worse on the 4 held-out corrections" in stderr and "--force" in stderr
     assert "1.000 -> 0.000" in stdout and calls == [4, 4]
     assert not out.exists() and not list(tmp_path.glob(".w.*"))
+
+
+def test_nuclio_env_and_deploy_take_the_output(adapted, monkeypatch, tmp_path):
+    """CVAT_TOOLS_WEIGHTS (the Nuclio function) loads it; deploy.sh bakes its three bundles in."""
+    import subprocess
+
+    from cvat_tools import serverless
+    from test_deploy import FAKE_NUCTL
+
+    out, _ = adapted
+    monkeypatch.setenv(serverless.ENV_WEIGHTS, str(out))
+    for name in (serverless.ENV_SEGMENTER, serverless.ENV_CLASSIFIER, serverless.ENV_REFINER):
+        monkeypatch.delenv(name, raising=False)
+    assert serverless.load_pipeline_from_env().info.refiner == str(out / "refiner")
+    nuctl = tmp_path / "bin" / "nuctl"
+    nuctl.parent.mkdir()
+    nuctl.write_text(FAKE_NUCTL)
+    nuctl.chmod(0o755)
+    log = tmp_path / "nuctl.log"
+    env = {"PATH": f"{nuctl.parent}:/usr/bin:/bin", "NUCTL_LOG": str(log), "HOME": str(tmp_path),
+           "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(REPO / "deploy.sh"), "--weights", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    context = Path(str(log) + ".context").read_text().splitlines()
+    for kind in ("segmenter", "classifier", "refiner"):
+        assert f"./cvat-tools/cvat_tools/weights/{kind}/weights.pt" in context
+    assert "no refiner bundle" not in done.stderr
