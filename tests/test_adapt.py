@@ -353,3 +353,28 @@ def test_nuclio_env_and_deploy_take_the_output(adapted, monkeypatch, tmp_path):
     for kind in ("segmenter", "classifier", "refiner"):
         assert f"./cvat-tools/cvat_tools/weights/{kind}/weights.pt" in context
     assert "no refiner bundle" not in done.stderr
+
+
+@pytest.mark.parametrize("fmt", ["coco", "zip"])
+def test_coco_and_export_zip_count_the_same_cells(fmt, tmp_path, task_xml, bccd_dir):
+    """Anything export reads: the same task as COCO, or zipped as CVAT exports it, gives the
+    same corrections (sources kept) and finds its frames."""
+    import zipfile
+
+    from cvat_tools.adapt.frames import open_file_input
+    from cvat_tools.formats.io import read_annotations, write_annotations
+
+    dataset = read_annotations(task_xml)
+    if fmt == "coco":
+        path = write_annotations(dataset, tmp_path / "instances_default.json", "coco")
+    else:
+        path = tmp_path / "task.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.write(task_xml, "annotations.xml")
+    expected = corrections.select(dataset)
+    with open_file_input(path, bccd_dir / "images", None) as (got, frames, _):
+        sel = corrections.select(got)
+        assert sel.counts() == expected.counts() == {c: 3 for c in adapt_curve.CLASSES}
+        assert len(sel.unlabelled) == len(expected.unlabelled) == 4
+        assert sum(c.is_box for c in sel.cells) == 1
+        assert all(c.image in frames.paths for c in sel.cells)
