@@ -101,6 +101,7 @@ def prepare(dataset, frames, options: AdaptOptions, where: str, folder: str):
     for c in selection.cells:
         keys.setdefault(c.label, []).append(c.key)
     train_keys, held_keys = holdout.split(keys, options.seed)
+    pipeline.segmenter = None  # done: its memory goes back before training starts
     return selection, cut, others, train_keys, held_keys, pipeline, parent
 
 
