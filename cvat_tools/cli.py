@@ -21,6 +21,7 @@ COMMANDS = {
     "classify": "classify:classify",
     "annotate": "annotate:annotate",
     "explain": "explain:explain",
+    "adapt": "adapt:adapt",
 }
 
 

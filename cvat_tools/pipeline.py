@@ -46,6 +46,7 @@ REASON_DISAGREE = "disagree"  # classifier and refiner name different types
 REASON_LOW_SCORE = "low score"  # the final class score is below the review threshold
 REASON_BOTH = "disagree, low score"
 REVIEW_REASONS = (REASON_NONE, REASON_DISAGREE, REASON_LOW_SCORE, REASON_BOTH)
+ATTR_REVIEW_PRIORITY = "review_priority"
 
 
 def attribute_specs() -> list[AttributeSpec]:
@@ -69,6 +70,8 @@ def attribute_specs() -> list[AttributeSpec]:
         AttributeSpec(ATTR_NEEDS_REVIEW, "checkbox", ["false"], default="false"),
         # a select, not text: CVAT checks its values and filters on it (attr.review_reason)
         AttributeSpec(ATTR_REVIEW_REASON, "select", list(REVIEW_REASONS), default=REASON_NONE),
+        # how much correcting this cell would teach `cvat-tools adapt` (review_priority())
+        AttributeSpec(ATTR_REVIEW_PRIORITY, "number", list(percent), default="0"),
     ]
 
 
@@ -76,6 +79,19 @@ def label_specs(shape_type: str = "any") -> list[LabelSpec]:
     """Every label of ``labels.ALL_CLASSES`` with :func:`attribute_specs`."""
     return [LabelSpec(name=name, attributes=attribute_specs(), type=shape_type)
             for name in label_set.ALL_CLASSES]
+
+
+def review_priority(decision: Any, classifier_pred: Any, refiner_pred: Any | None) -> float:
+    """How much a correction of this cell would teach, in [0, 1]: half for a classifier /
+    refiner disagreement (where the refiner has a say), half for a small margin between the
+    deciding model's top two classes (1 - margin). Annotators who correct the highest first
+    give ``cvat-tools adapt`` the cells the models are least sure of."""
+    disagree = (decision.refiner_label is not None and decision.refiner_label != decision.classifier_label
+                and decision.classifier_label not in label_set.CLASSIFIER_FINAL)
+    decider = refiner_pred if refiner_pred is not None and decision.label == decision.refiner_label \
+        and decision.classifier_label not in label_set.CLASSIFIER_FINAL else classifier_pred
+    top = sorted((float(p) for p in decider.probs.values()), reverse=True)[:2] + [0.0, 0.0]
+    return 0.5 * float(disagree) + 0.5 * (1.0 - (top[0] - top[1]))
 
 
 def percent(score: float | None) -> str:
@@ -345,9 +361,10 @@ class Pipeline:
                          source="auto")
                 for d in detections
             ]
+        decisions = [self.rule(c, r) for c, r in zip(clf_preds, ref_preds)]
         return [
-            self._instance(d, self.rule(c, r))
-            for d, c, r in zip(detections, clf_preds, ref_preds)
+            self._instance(d, decision, review_priority(decision, c, r))
+            for d, decision, c, r in zip(detections, decisions, clf_preds, ref_preds)
         ]
 
     def _predict(self, model: CellModel, image: np.ndarray,
@@ -359,12 +376,13 @@ class Pipeline:
                 self.crops(image, detections[start:start + CLASSIFY_BATCH], size)))
         return preds
 
-    def _instance(self, detection: Detection, decision: Decision) -> Instance:
+    def _instance(self, detection: Detection, decision: Decision, priority: float = 0.0) -> Instance:
         return Instance(
             label=decision.label,
             geometry=detection.mask,
             score=float(detection.score),
-            attributes=decision_attributes(decision, self.review_threshold),
+            attributes={**decision_attributes(decision, self.review_threshold),
+                        ATTR_REVIEW_PRIORITY: percent(priority)},
             source="auto",
         )
 

@@ -119,7 +119,8 @@ def test_labels_json_declares_the_functions_attribute_types(labels_json):
     exactly the function's, or cvat-sdk refuses the task and CVAT drops the values."""
     assert [label["name"] for label in labels_json] == list(labels.ALL_CLASSES)
     expected = {"classifier": "select", "classifier_score": "number", "refiner": "select",
-                "refiner_score": "number", "needs_review": "checkbox", "review_reason": "select"}
+                "refiner_score": "number", "needs_review": "checkbox", "review_reason": "select",
+                "review_priority": "number"}
     for label in labels_json:
         assert {a["name"]: a["input_type"] for a in label["attributes"]} == expected
         by_name = {a["name"]: a for a in label["attributes"]}

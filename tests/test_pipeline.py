@@ -132,3 +132,18 @@ def test_load_a_maskrcnn_segmenter_bundle(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     for inst in pipe.run(image, threshold=0.0):
         assert isinstance(inst.geometry, Mask) and check_attributes(inst) == []
+
+
+def test_review_priority_ranks_disagreement_then_small_margins():
+    """Issue 17's review queue: a disagreement outranks any agreement; among agreements the
+    smaller margin between the decider's top two classes ranks higher; band cells are judged
+    on the classifier (the refiner has no say)."""
+    image = np.full((40, 200, 3), 200, np.uint8)
+    clf = FakeModel([("neutrophil", 0.9), ("neutrophil", 0.9), ("band cell", 0.94), ("monocyte", 0.5)])
+    ref = FakeModel([("neutrophil", 0.98), ("eosinophil", 0.9), ("neutrophil", 0.2), ("monocyte", 0.55)],
+                    labels_=labels.SHARED_CLASSES)
+    out = Pipeline(GridSegmenter(4), clf, ref).run(image, threshold=0.5)
+    priority = [int(i.attributes["review_priority"]) for i in out]
+    # 1 - margin halves: refiner 0.98 -> 1; disagreement 50 + 5; band: classifier 0.94 -> 3;
+    # agreement at refiner 0.55 -> 22
+    assert priority == [1, 55, 3, 22]

@@ -66,7 +66,7 @@ def test_cvat_xml_matches_the_pipeline(mixed_run, mixed_dir, weights_dir):
     assert [spec.name for spec in dataset.labels] == list(labels.ALL_CLASSES)
     declared = {a.name for a in dataset.labels[0].attributes}
     assert declared == {"classifier", "classifier_score", "refiner", "refiner_score",
-                        "needs_review", "review_reason"}
+                        "needs_review", "review_reason", "review_priority"}
     pipeline = Pipeline.load(weights=weights_dir)
     for image in dataset.images:
         rgb = load_image(mixed_dir / image.name)
@@ -102,6 +102,13 @@ def test_overlays_and_report(mixed_run):
     assert abs(pct - 100.0) < 0.5
     with Image.open(out / "report" / "counts.png") as im:
         assert im.size[0] > 300
+    queue = list(csv.DictReader((out / "report" / "review_queue.csv").open()))
+    assert len(queue) == n and [int(r["rank"]) for r in queue] == list(range(1, n + 1))
+    priorities = [int(r["review_priority"]) for r in queue]
+    assert priorities == sorted(priorities, reverse=True)
+    by_cell = {(im.name, k): inst for im in dataset.images for k, inst in enumerate(im.instances)}
+    for r in queue:  # the same score CVAT receives as an attribute
+        assert by_cell[(r["image"], int(r["cell"]))].attributes["review_priority"] == r["review_priority"]
 
 
 @pytest.mark.parametrize("fmt, produced", [

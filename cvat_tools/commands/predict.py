@@ -10,6 +10,8 @@
     OUT/predict.json         what was run: models, threshold, images (with their cells to
                              review and why), failures
     OUT/explain/             --explain: Grad-CAM panels per cell (as ``cvat-tools explain``)
+    OUT/report/review_queue.csv  --report: every cell, the ones a correction would teach most
+                             first (review_priority: see pipeline.review_priority)
 
 OUT is written beside itself and swapped in whole at the end (no half-written output). Bad
 files (corrupt, not images, too large) are skipped and listed at the end with the reason; the
@@ -201,6 +203,25 @@ def write_report(dataset: Dataset, folder: Path, class_order: list[str]) -> None
         for image in dataset.images:
             writer.writerows([image.name, e["mark"], e["cell"], e["label"], e["detection_score"],
                               e["reason"], e["note"]] for e in review_list(image.instances))
+
+
+def write_review_queue(dataset: Dataset, path: Path) -> None:
+    """review_queue.csv: every cell ranked by review_priority, highest first (what to correct
+    before ``cvat-tools adapt``); cell = the cell's position among its image's shapes."""
+    from ..pipeline import ATTR_REVIEW_PRIORITY
+
+    cells = [(int(inst.attributes.get(ATTR_REVIEW_PRIORITY, "0")), image.name, k, inst)
+             for image in dataset.images for k, inst in enumerate(image.instances)]
+    cells.sort(key=lambda row: (-row[0], row[1], row[2]))
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["rank", "image", "cell", "label", "classifier", "refiner", "review_priority",
+                         "needs_review", "x", "y", "width", "height"])
+        for rank, (priority, name, k, inst) in enumerate(cells, 1):
+            m = inst.geometry
+            writer.writerow([rank, name, k, inst.label, inst.attributes.get("classifier", ""),
+                             inst.attributes.get("refiner", ""), priority,
+                             inst.attributes.get("needs_review", ""), m.left, m.top, m.width, m.height])
 
 
 def _count_rows(name: str, counts: Counter, review: Counter, order: list[str]) -> list[list]:
@@ -444,6 +465,7 @@ def predict(ctx, inputs, out, fmt, threshold, overlay, report, explain, weights,
         (tmp / "labels.json").write_text(json.dumps(cvat_label_constructor(), indent=2) + "\n")
         if report:
             write_report(dataset, tmp / "report", class_order)
+            write_review_queue(dataset, tmp / "report" / "review_queue.csv")
             write_scale_report(scales, tmp / "report" / "scale.csv")
         summary = _summary(pipeline, dataset, fmt, threshold, cell_size, um_per_px, scales,
                            failures, warnings_seen)
