@@ -82,7 +82,7 @@ def open_task_input(host: str, task_ids: list[int], timeout: float, label_map: d
     merged, frames, doing = Dataset(), Frames(), "logging in"
     with network_timeouts(timeout):
         try:
-            client = connect(host, login)
+            client = connect(host, login, timeout)
             with client:
                 for task_id in task_ids:
                     doing = f"reading task {task_id}"
