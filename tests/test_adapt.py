@@ -237,7 +237,7 @@ def test_task_shapes_and_frames_are_read(monkeypatch, bccd_dir, bccd_pool):
 
     fake = _fake_client(bccd_dir, bccd_pool)
     monkeypatch.setenv("CVAT_ACCESS_TOKEN", "t")
-    monkeypatch.setattr(annotate, "connect", lambda host, login: _Ctx(fake.client))
+    monkeypatch.setattr(annotate, "connect", lambda host, login, timeout=None: _Ctx(fake.client))
     with cvat_task.open_task_input("http://cvat:8080", [4], 5.0, None) as (dataset, frames, where):
         sel = corrections.select(dataset)
         assert [c.label for c in sel.cells] == [c["label"] for c in fake.cells[:7]]
@@ -255,7 +255,7 @@ def test_a_task_that_does_not_exist(monkeypatch, tmp_path, bccd_dir, bccd_pool):
 
     fake = _fake_client(bccd_dir, bccd_pool, exists=False)
     monkeypatch.setenv("CVAT_ACCESS_TOKEN", "t")
-    monkeypatch.setattr(annotate, "connect", lambda host, login: _Ctx(fake.client))
+    monkeypatch.setattr(annotate, "connect", lambda host, login, timeout=None: _Ctx(fake.client))
     err = _refused(["--host", "http://cvat:8080", "--task", "99"], tmp_path / "w")
     assert "has no task 99 (HTTP 404)" in err
 
